@@ -1,0 +1,72 @@
+"""Training text: the Python standard library's own source (default) or the user's files.
+
+The split is deterministic: a file goes to validation when the CRC32 of its relative path
+falls in the last tenth; a single file is split at 90% of its length.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqserve.errors import SeqserveError
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: str
+    val: str
+    source: str      # where it came from, for the checkpoint's record
+    files: int
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def load_corpus(path: str | Path | None = None, max_bytes: int = 4_000_000) -> Corpus:
+    """Read up to max_bytes of text. path: None (stdlib sources), a text file, or a folder."""
+    if path is None:
+        root = stdlib_dir()
+        files = [p for p in sorted(root.rglob("*.py"))
+                 if not {"site-packages", "test", "tests", "idlelib"} & set(p.relative_to(root).parts)]
+        return _from_files(root, files, max_bytes, f"python-stdlib:{root}")
+    p = Path(path)
+    if not p.exists():
+        raise SeqserveError(f"corpus {p} does not exist; expected a text file or a folder of text files")
+    if p.is_file():
+        text = _read(p, max_bytes)
+        if len(text) < 100:
+            raise SeqserveError(f"corpus {p} holds {len(text)} characters; need at least 100")
+        cut = int(len(text) * 0.9)
+        return Corpus(text[:cut], text[cut:], str(p), 1)
+    return _from_files(p, sorted(f for f in p.rglob("*") if f.is_file()), max_bytes, str(p))
+
+
+def _from_files(root: Path, files: list[Path], max_bytes: int, source: str) -> Corpus:
+    train, val, used, size = [], [], 0, 0
+    for f in files:
+        try:
+            text = _read(f, max_bytes - size)
+        except (UnicodeDecodeError, SeqserveError):
+            continue                                    # binary or unreadable: not text
+        rel = f.relative_to(root).as_posix()
+        (val if zlib.crc32(rel.encode()) % 10 == 9 else train).append(text)
+        used += 1
+        size += len(text.encode("utf-8"))
+        if size >= max_bytes:
+            break
+    if not train or not val:
+        raise SeqserveError(f"corpus {source} has too few readable text files ({used}); need a train and a validation part")
+    return Corpus("\n".join(train), "\n".join(val), source, used)
+
+
+def _read(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max(limit, 0))
+    except OSError as e:
+        raise SeqserveError(f"cannot read {path}: {e.strerror}") from None
+    return data.decode("utf-8", errors="ignore" if len(data) == limit else "strict")

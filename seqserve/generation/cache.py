@@ -1,0 +1,85 @@
+"""DecodeState: everything a batch of sequences carries from one step to the next.
+
+Built from the step graph's spec alone, so it works for every family:
+- state tensors by input name (RNN h/c `[B, L, H]`; KV cache `[B, heads, P, head_dim]`);
+- for graphs with an attention mask, the mask `[B, P]` (1 = real token) and each row's next
+  position, so rows of different lengths can share a batch with left padding.
+Merging pads each state tensor that has a `seq_axis` on the left (and masks the padding);
+fixed-size states are simply concatenated. Continuous batching uses the same merge/select.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from seqserve.spec import PAST, GraphSpec, resolve_dims
+
+
+@dataclass(frozen=True)
+class DecodeState:
+    spec: GraphSpec
+    state: dict                    # past input name -> tensor (numpy or backend-native)
+    mask: np.ndarray | None        # (B, P) int64, only for graphs with an attention_mask
+    positions: np.ndarray          # (B,) int64: position of each row's next token
+
+    @property
+    def batch(self) -> int:
+        return len(self.positions)
+
+    @staticmethod
+    def empty(spec: GraphSpec, batch: int, backend) -> "DecodeState":
+        state = {t.name: backend.from_host(np.zeros(resolve_dims(t, {"batch": batch, "sequence": 0, PAST: 0}), t.dtype))
+                 for t in spec.inputs if t.name in spec.state_inputs}
+        mask = np.zeros((batch, 0), np.int64) if spec.has_attention_mask else None
+        return DecodeState(spec, state, mask, np.zeros(batch, np.int64))
+
+    def feeds(self, input_ids: np.ndarray) -> dict:
+        """Graph inputs for input_ids (B, S)."""
+        B, S = input_ids.shape
+        feeds = {"input_ids": input_ids.astype(np.int64, copy=False), **self.state}
+        if self.mask is not None:
+            feeds["attention_mask"] = np.concatenate([self.mask, np.ones((B, S), np.int64)], axis=1)
+            feeds["position_ids"] = self.positions[:, None] + np.arange(S, dtype=np.int64)
+        return feeds
+
+    def advance(self, outputs: dict, new_tokens: int) -> "DecodeState":
+        state = {p.input: outputs[p.output] for p in self.spec.state}
+        mask = None
+        if self.mask is not None:
+            mask = np.concatenate([self.mask, np.ones((self.batch, new_tokens), np.int64)], axis=1)
+        return DecodeState(self.spec, state, mask, self.positions + new_tokens)
+
+    @staticmethod
+    def merge(parts: list["DecodeState"], backend) -> "DecodeState":
+        """Stack several states into one batch (rows in order), left-padding KV caches."""
+        spec = parts[0].spec
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.mask.shape[1] for p in parts) if parts[0].mask is not None else 0
+        state = {}
+        for pair in spec.state:
+            host = [backend.to_host(p.state[pair.input]) for p in parts]
+            if pair.seq_axis is not None:
+                host = [_left_pad(h, pair.seq_axis, width - h.shape[pair.seq_axis]) for h in host]
+            state[pair.input] = backend.from_host(np.concatenate(host, axis=0))
+        mask = None
+        if parts[0].mask is not None:
+            mask = np.concatenate([_left_pad(p.mask, 1, width - p.mask.shape[1]) for p in parts])
+        return DecodeState(spec, state, mask, np.concatenate([p.positions for p in parts]))
+
+    def select(self, rows, backend) -> "DecodeState":
+        """Keep only `rows` (finished sequences leave the batch)."""
+        rows = np.asarray(rows)
+        state = {k: backend.from_host(backend.to_host(v)[rows]) for k, v in self.state.items()}
+        mask = None if self.mask is None else self.mask[rows]
+        return DecodeState(self.spec, state, mask, self.positions[rows])
+
+
+def _left_pad(a: np.ndarray, axis: int, n: int) -> np.ndarray:
+    if n <= 0:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (n, 0)
+    return np.pad(a, pad)

@@ -1,0 +1,128 @@
+"""The one decoding loop: prefill, decode step, sample, stop — over any backend.
+
+    prefill      each prompt alone, so no padding enters a recurrent state; then the per-prompt
+                 states are merged into one batch (KV caches left-padded and masked)
+    decode_step  one batched backend call for every unfinished sequence
+    sample       seqserve.generation.sampling
+    stop         max_tokens, <eos>, stop strings (text after a stop string is never shown)
+Finished sequences leave the batch, so they cost nothing in later steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from seqserve.errors import SeqserveError
+from seqserve.generation.cache import DecodeState
+from seqserve.generation.sampling import SamplingParams, make_rngs, sample_next
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    index: int                 # which prompt
+    token: int                 # the sampled token id
+    text: str                  # new text to show (may be empty while a stop string is pending)
+    finish_reason: str | None  # None while running; "length" | "eos" | "stop" on the last event
+
+
+@dataclass
+class Completion:
+    prompt: str
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def prefill(backend, ids: list[int]) -> tuple[np.ndarray, DecodeState]:
+    """One prompt (batch 1) -> last-position logits (1, V) and its state."""
+    state = DecodeState.empty(backend.spec, 1, backend)
+    out = backend.run(state.feeds(np.asarray([ids], np.int64)))
+    return out["logits"][:, -1], state.advance(out, len(ids))
+
+
+def decode_step(backend, state: DecodeState, tokens: np.ndarray) -> tuple[np.ndarray, DecodeState]:
+    """tokens (B,) -> next logits (B, V) and the advanced state."""
+    out = backend.run(state.feeds(tokens[:, None]))
+    return out["logits"][:, -1], state.advance(out, 1)
+
+
+def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
+             max_context: int | None = None) -> Iterator[TokenEvent]:
+    """Yield TokenEvents as tokens are produced, for every prompt, in batch."""
+    encoded = [tokenizer.encode(p) for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise SeqserveError(f"prompt {i} is empty; give at least one character")
+        if max_context is not None and len(ids) + params.max_tokens > max_context:
+            raise SeqserveError(f"prompt {i} has {len(ids)} tokens; with max_tokens {params.max_tokens} it "
+                                f"exceeds the model's context of {max_context} positions")
+    rngs = make_rngs(params, len(prompts))
+    firsts = [prefill(backend, ids) for ids in encoded]
+    logits = np.concatenate([f[0] for f in firsts])
+    state = DecodeState.merge([f[1] for f in firsts], backend)
+    streams = [_TextStream(tokenizer, params.stop) for _ in prompts]
+    rows = list(range(len(prompts)))          # prompt index of each batch row
+    for step in range(params.max_tokens):
+        nxt = sample_next(logits, params, [rngs[i] for i in rows])
+        keep = []
+        for r, (i, tok) in enumerate(zip(rows, nxt)):
+            tok = int(tok)
+            if params.stop_at_eos and tok == tokenizer.eos_id:
+                yield TokenEvent(i, tok, streams[i].flush(), "eos")
+                continue
+            text, stopped = streams[i].push(tok)
+            if stopped:
+                yield TokenEvent(i, tok, text, "stop")
+            elif step == params.max_tokens - 1:
+                yield TokenEvent(i, tok, text + streams[i].flush(), "length")
+            else:
+                yield TokenEvent(i, tok, text, None)
+                keep.append(r)
+        if not keep:
+            return
+        if len(keep) < len(rows):
+            state = state.select(keep, backend)
+            rows, nxt = [rows[r] for r in keep], nxt[keep]
+        logits, state = decode_step(backend, state, nxt)
+
+
+def generate_text(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
+                  max_context: int | None = None) -> list[Completion]:
+    out = [Completion(p) for p in prompts]
+    for ev in generate(backend, tokenizer, prompts, params, max_context):
+        c = out[ev.index]
+        c.tokens.append(ev.token)
+        c.text += ev.text
+        c.finish_reason = ev.finish_reason or c.finish_reason
+    return out
+
+
+class _TextStream:
+    """Per-sequence text: decodes tokens incrementally and holds back a possible stop string."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]):
+        self.decoder = tokenizer.stream_decoder()
+        self.stop = stop
+        self.text = ""      # decoded so far
+        self.shown = 0      # characters of self.text already emitted
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.text += self.decoder.feed([token])
+        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            end = min(hits)
+            out, self.shown = self.text[self.shown:end], end
+            return out, True
+        # Hold back the longest tail that could still grow into a stop string.
+        hold = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        end = len(self.text) - hold
+        out, self.shown = self.text[self.shown:end], max(self.shown, end)
+        return out, False
+
+    def flush(self) -> str:
+        self.text += self.decoder.feed([], final=True)
+        out, self.shown = self.text[self.shown:], len(self.text)
+        return out

@@ -1,0 +1,81 @@
+"""Model families, registered by name. Each has a config dataclass, a module and presets.
+
+Every model implements the same small interface, which export, validation, training and the
+torch backend use:
+    initial_state(batch) -> tuple of state tensors
+    step(input_ids, state, ...) -> (logits, next state)
+    forward(input_ids) -> logits          # full sequence from the initial state
+    spec() -> FamilySpec                  # graph names, dtypes, dims, state pairs
+    run_step(dict name -> tensor) -> dict name -> tensor   # the step graph, by tensor names
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from seqserve.errors import SeqserveError
+from seqserve.models.gpt import GPT, GPTConfig
+from seqserve.models.recurrent import RecurrentConfig, RecurrentLM
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_cls: type
+    build: Callable[[Any], Any]           # config -> nn.Module
+    presets: dict[str, dict]              # preset name -> config fields (vocab_size comes from data)
+    fixed: dict = dataclasses.field(default_factory=dict)  # fields the family pins (cell=...)
+    recurrent: bool = True                # trained with truncated BPTT, state carried
+
+
+_RNN_PRESETS = {
+    "tiny": dict(embed_dim=32, hidden_size=64, num_layers=2),
+    "small": dict(embed_dim=128, hidden_size=256, num_layers=2, dropout=0.1),
+}
+
+FAMILIES: dict[str, Family] = {
+    "rnn": Family("rnn", RecurrentConfig, RecurrentLM, _RNN_PRESETS, {"cell": "rnn"}),
+    "lstm": Family("lstm", RecurrentConfig, RecurrentLM, _RNN_PRESETS, {"cell": "lstm"}),
+    "gru": Family("gru", RecurrentConfig, RecurrentLM, _RNN_PRESETS, {"cell": "gru"}),
+    "gpt": Family(
+        "gpt", GPTConfig, GPT,
+        {
+            "tiny": dict(d_model=64, n_heads=4, n_layers=2, d_ff=128, max_seq_len=256),
+            "small": dict(d_model=256, n_heads=4, n_layers=4, d_ff=1024, max_seq_len=2048, dropout=0.1),
+        },
+        recurrent=False,
+    ),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise SeqserveError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def make_config(family: str, preset: str, vocab_size: int, **overrides):
+    fam = get_family(family)
+    if preset not in fam.presets:
+        raise SeqserveError(f"unknown preset {preset!r} for {family}; expected one of {', '.join(fam.presets)}")
+    fields = {**fam.presets[preset], **{k: v for k, v in overrides.items() if v is not None}, **fam.fixed}
+    try:
+        return fam.config_cls(vocab_size=vocab_size, **fields)
+    except (TypeError, ValueError) as e:
+        raise SeqserveError(f"bad {family} config: {e}") from None
+
+
+def config_from_dict(family: str, d: dict):
+    fam = get_family(family)
+    known = {f.name for f in dataclasses.fields(fam.config_cls)}
+    return fam.config_cls(**{k: v for k, v in d.items() if k in known})
+
+
+def build_model(family: str, config):
+    return get_family(family).build(config)
+
+
+__all__ = ["FAMILIES", "Family", "GPT", "GPTConfig", "RecurrentConfig", "RecurrentLM",
+           "build_model", "config_from_dict", "get_family", "make_config"]

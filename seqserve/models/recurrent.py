@@ -1,0 +1,100 @@
+"""Recurrent language models: embedding -> nn.RNN / nn.LSTM / nn.GRU stack -> linear head.
+
+State is kept batch-first, `[B, layers, hidden]`, in every graph and API. nn.RNN wants
+`[layers, B, hidden]`; we transpose at the boundary so that a serving system that batches on
+the first axis (Triton's sequence batcher, seqserve's continuous batcher) can stack states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seqserve.spec import BATCH, SEQ, FamilySpec, GraphSpec, StatePair, TensorSpec
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    vocab_size: int
+    cell: str = "lstm"           # "rnn" | "lstm" | "gru"
+    embed_dim: int = 64          # token embedding width
+    hidden_size: int = 128       # recurrent state width per layer
+    num_layers: int = 2          # 1-4 stacked layers
+    dropout: float = 0.0         # between recurrent layers (training only)
+    nonlinearity: str = "tanh"   # vanilla RNN only: "tanh" | "relu"
+    tie_weights: bool = False    # share embedding and head weights (needs embed_dim == hidden_size)
+
+    def __post_init__(self):
+        if self.cell not in ("rnn", "lstm", "gru"):
+            raise ValueError(f"cell must be rnn, lstm or gru, got {self.cell!r}")
+        if not 1 <= self.num_layers <= 4:
+            raise ValueError(f"num_layers must be 1-4, got {self.num_layers}")
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be tanh or relu, got {self.nonlinearity!r}")
+        if self.tie_weights and self.embed_dim != self.hidden_size:
+            raise ValueError("tie_weights needs embed_dim == hidden_size")
+
+
+_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class RecurrentLM(nn.Module):
+    def __init__(self, config: RecurrentConfig):
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
+        kwargs = {"nonlinearity": c.nonlinearity} if c.cell == "rnn" else {}
+        self.rnn = _CELLS[c.cell](
+            c.embed_dim, c.hidden_size, c.num_layers, batch_first=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0, **kwargs,
+        )
+        self.head = nn.Linear(c.hidden_size, c.vocab_size)
+        if c.tie_weights:
+            self.head.weight = self.embed.weight
+
+    @property
+    def state_names(self) -> list[str]:
+        return ["hidden", "cell"] if self.config.cell == "lstm" else ["hidden"]
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, ...]:
+        c = self.config
+        w = self.head.weight
+        return tuple(w.new_zeros(batch, c.num_layers, c.hidden_size) for _ in self.state_names)
+
+    def step(self, input_ids: torch.Tensor, state: tuple[torch.Tensor, ...]):
+        """input_ids [B, S] + state ([B, L, H], ...) -> logits [B, S, V], next state."""
+        x = self.embed(input_ids)                                   # (B, S, E)
+        hx = tuple(s.transpose(0, 1).contiguous() for s in state)  # (L, B, H) each
+        y, hn = self.rnn(x, hx if self.config.cell == "lstm" else hx[0])
+        hn = hn if isinstance(hn, tuple) else (hn,)
+        return self.head(y), tuple(h.transpose(0, 1) for h in hn)   # (B, S, V), (B, L, H)...
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full sequence from a zero state: input_ids [B, S] -> logits [B, S, V]."""
+        return self.step(input_ids, self.initial_state(input_ids.shape[0]))[0]
+
+    # --- named-tensor interface used by export, validation and the torch backend ---
+
+    def spec(self) -> FamilySpec:
+        c = self.config
+        ids = TensorSpec("input_ids", "int64", (BATCH, SEQ))
+        logits = TensorSpec("logits", "float32", (BATCH, SEQ, c.vocab_size))
+        state_dims = (BATCH, c.num_layers, c.hidden_size)
+        past = [TensorSpec(f"past_{n}", "float32", state_dims) for n in self.state_names]
+        present = [TensorSpec(f"present_{n}", "float32", state_dims) for n in self.state_names]
+        return FamilySpec(
+            family=c.cell,
+            full=GraphSpec("full", (ids,), (logits,)),
+            step=GraphSpec(
+                "step", (ids, *past), (logits, *present),
+                tuple(StatePair(p.name, q.name) for p, q in zip(past, present)),
+            ),
+            extra={"num_layers": c.num_layers, "hidden_size": c.hidden_size},
+        )
+
+    def run_step(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        state = tuple(inputs[f"past_{n}"] for n in self.state_names)
+        logits, nxt = self.step(inputs["input_ids"], state)
+        return {"logits": logits, **{f"present_{n}": s for n, s in zip(self.state_names, nxt)}}

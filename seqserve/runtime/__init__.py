@@ -1,0 +1,26 @@
+"""Backends that run one step of a family's graph by tensor names.
+
+The Backend protocol (what the decoding loop and the validator need):
+    spec: GraphSpec                         # the graph this backend runs
+    run(feeds: dict[str, array]) -> dict    # outputs by name; logits always a numpy array,
+                                            # state outputs may stay backend-native (device)
+    to_host(value) -> np.ndarray / from_host(np.ndarray) -> value
+"""
+
+from seqserve.runtime.ort import OrtBackend, RuntimeOptions, create_session
+
+
+def make_backend(export_info, backend: str = "ort", graph: str = "step",
+                 options: RuntimeOptions = RuntimeOptions()):
+    from seqserve.errors import SeqserveError
+
+    if backend == "ort":
+        return OrtBackend(export_info, graph, options)
+    if backend == "torch":
+        from seqserve.runtime.torch_backend import TorchBackend
+
+        return TorchBackend.from_export(export_info, graph)
+    raise SeqserveError(f"unknown backend {backend!r}; expected ort or torch")
+
+
+__all__ = ["OrtBackend", "RuntimeOptions", "create_session", "make_backend"]

@@ -1,0 +1,157 @@
+"""Training: AdamW, gradient clipping, truncated BPTT for the recurrent families.
+
+Recurrent families read the token stream as `batch_size` parallel lanes and walk them in chunks of
+`seq_len`; the hidden state is carried from one chunk to the next and detached, so gradients flow
+back at most `seq_len` steps (truncated BPTT) while the model still sees unbroken text.
+The GPT family trains on random windows of `seq_len` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from seqserve.checkpoint import load_checkpoint, load_optimizer, read_checkpoint_info, save_checkpoint
+from seqserve.data import Tokenizer, load_corpus
+from seqserve.errors import SeqserveError
+from seqserve.models import build_model, get_family, make_config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    family: str = "lstm"
+    preset: str = "tiny"
+    corpus: str | None = None        # None: the Python standard library's sources
+    max_corpus_bytes: int = 4_000_000
+    tokenizer: str = "char"          # "char" | "byte"
+    steps: int = 200                 # total optimizer steps (a resumed run continues up to it)
+    minutes: float | None = None     # wall-clock budget; stops early when reached
+    batch_size: int = 32             # parallel lanes (recurrent) / windows (gpt)
+    seq_len: int = 64                # BPTT chunk / GPT context window
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    clip: float = 1.0                # max global gradient norm
+    eval_every: int = 50             # steps between validation passes
+    eval_batches: int = 8
+    seed: int = 0
+    model_overrides: dict = field(default_factory=dict)   # e.g. {"num_layers": 3}
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    steps: int
+    train_bpc: float
+    val_bpc: float
+    history: list[dict]
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, progress=None) -> TrainResult:
+    """Train and save a checkpoint folder at `out`. `progress(step, total, metrics)` is called often."""
+    fam = get_family(cfg.family)
+    torch.manual_seed(cfg.seed)
+    corpus = load_corpus(cfg.corpus, cfg.max_corpus_bytes)
+    start_step, history = 0, []
+    if resume:
+        ckpt = load_checkpoint(resume)
+        if ckpt.family != cfg.family:
+            raise SeqserveError(f"cannot resume a {ckpt.family} checkpoint as {cfg.family}")
+        model, tok = ckpt.model.train(), ckpt.tokenizer
+    else:
+        tok = Tokenizer.fit(corpus.train + corpus.val, cfg.tokenizer)
+        model = build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, **cfg.model_overrides))
+    train_ids = torch.tensor(tok.encode(corpus.train), dtype=torch.long)
+    val_ids = torch.tensor(tok.encode(corpus.val), dtype=torch.long)
+    if min(len(train_ids), len(val_ids)) < cfg.batch_size * (cfg.seq_len + 1):
+        raise SeqserveError(f"corpus too small for batch {cfg.batch_size} x seq_len {cfg.seq_len}: "
+                            f"{len(train_ids)} train / {len(val_ids)} validation tokens")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if resume:
+        st = load_optimizer(resume, opt)
+        start_step, history = st["step"], st.get("history", [])
+    batches = _lanes(train_ids, cfg) if fam.recurrent else _windows(train_ids, cfg, cfg.seed + start_step)
+    state, t0, step, loss_ema = None, time.monotonic(), start_step, None
+    model.train()
+    for step in range(start_step + 1, cfg.steps + 1):
+        x, y, reset = next(batches)
+        if fam.recurrent:
+            if state is None or reset:
+                state = model.initial_state(x.shape[0])
+            logits, state = model.step(x, state)
+            state = tuple(s.detach() for s in state)       # truncate BPTT at the chunk edge
+        else:
+            logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+        metrics = {"step": step, "train_bpc": loss_ema / math.log(2)}
+        done = cfg.minutes is not None and time.monotonic() - t0 > cfg.minutes * 60
+        if step % cfg.eval_every == 0 or step == cfg.steps or done:
+            metrics["val_bpc"] = evaluate(model, val_ids, cfg, fam.recurrent)
+            history.append(metrics)
+        if progress:
+            progress(step, cfg.steps, metrics)
+        if done:
+            break
+    val_bpc = history[-1]["val_bpc"] if history else evaluate(model, val_ids, cfg, fam.recurrent)
+    training = {"config": asdict(cfg), "steps": step, "val_bpc": val_bpc, "corpus": corpus.source,
+                "corpus_files": corpus.files, "train_tokens": len(train_ids)}
+    save_checkpoint(out, cfg.family, model.eval(), tok, training, opt, {"step": step, "history": history})
+    return TrainResult(Path(out), step, (loss_ema or 0) / math.log(2), val_bpc, history)
+
+
+@torch.no_grad()
+def evaluate(model, ids: torch.Tensor, cfg: TrainConfig, recurrent: bool) -> float:
+    """Mean validation loss in bits per character over `eval_batches` deterministic batches."""
+    was_training = model.training
+    model.eval()
+    batches = _lanes(ids, cfg) if recurrent else _windows(ids, cfg, seed=1234)
+    total, state = 0.0, None
+    for _ in range(cfg.eval_batches):
+        x, y, reset = next(batches)
+        if recurrent:
+            if state is None or reset:
+                state = model.initial_state(x.shape[0])
+            logits, state = model.step(x, state)
+        else:
+            logits = model(x)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
+    model.train(was_training)
+    return total / cfg.eval_batches / math.log(2)
+
+
+def _lanes(ids: torch.Tensor, cfg: TrainConfig):
+    """Yield (x, y, reset) chunks (B, T) walking B contiguous lanes; reset at each wrap-around."""
+    B, T = cfg.batch_size, cfg.seq_len
+    L = len(ids) // B
+    lanes = ids[: B * L].view(B, L)                                  # (B, L)
+    while True:
+        for i, pos in enumerate(range(0, L - T - 1, T)):
+            chunk = lanes[:, pos: pos + T + 1]
+            yield chunk[:, :-1], chunk[:, 1:], i == 0
+
+
+def _windows(ids: torch.Tensor, cfg: TrainConfig, seed: int):
+    """Yield (x, y, False) batches of random windows (B, T), reproducible from seed."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = cfg.batch_size, cfg.seq_len
+    while True:
+        starts = torch.randint(0, len(ids) - T - 1, (B,), generator=g)
+        chunk = torch.stack([ids[s: s + T + 1] for s in starts.tolist()])
+        yield chunk[:, :-1], chunk[:, 1:], False
+
+
+def resume_config(path: str | Path) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (to continue it with more steps)."""
+    cfg = read_checkpoint_info(path).get("training", {}).get("config")
+    if not cfg:
+        raise SeqserveError(f"checkpoint {path} has no training record to resume from")
+    return TrainConfig(**cfg)
