@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny models trained and exported once per test session, per family.
+
+Each is built inside the test run from the Python standard library's sources (no downloads).
+Factories are lazy, so a test module that needs only `lstm` does not export `gpt`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seqserve.models import FAMILIES
+
+TINY_TRAIN = dict(preset="tiny", steps=30, eval_every=15, eval_batches=2, batch_size=16, seq_len=32,
+                  max_corpus_bytes=300_000)
+
+
+class _Lazy:
+    def __init__(self, make):
+        self._make, self._cache = make, {}
+
+    def __call__(self, family: str) -> Path:
+        if family not in self._cache:
+            self._cache[family] = self._make(family)
+        return self._cache[family]
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """checkpoint(family) -> Path of a tiny checkpoint trained for 30 steps."""
+    from seqserve.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return _Lazy(lambda fam: train(TrainConfig(family=fam, **TINY_TRAIN), root / fam).path)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, checkpoint):
+    """exported(family) -> Path of that checkpoint's ONNX export (full + step graphs + sidecar)."""
+    from seqserve.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("exports")
+    return _Lazy(lambda fam: export_checkpoint(checkpoint(fam), root / fam).path)
+
+
+ALL_FAMILIES = sorted(FAMILIES)
