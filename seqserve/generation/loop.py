@@ -51,7 +51,11 @@ def decode_step(backend, state: DecodeState, tokens: np.ndarray) -> tuple[np.nda
 
 def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
              max_context: int | None = None) -> Iterator[TokenEvent]:
-    """Yield TokenEvents as tokens are produced, for every prompt, in batch."""
+    """Yield TokenEvents as tokens are produced, for every prompt, in batch.
+
+    Prompts are checked before this returns (not at the first next()), so a bad prompt fails
+    before anything is printed or sent.
+    """
     encoded = [tokenizer.encode(p) for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
@@ -59,12 +63,16 @@ def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
         if max_context is not None and len(ids) + params.max_tokens > max_context:
             raise SeqserveError(f"prompt {i} has {len(ids)} tokens; with max_tokens {params.max_tokens} it "
                                 f"exceeds the model's context of {max_context} positions")
-    rngs = make_rngs(params, len(prompts))
+    return _decode(backend, tokenizer, encoded, params)
+
+
+def _decode(backend, tokenizer, encoded: list[list[int]], params: SamplingParams) -> Iterator[TokenEvent]:
+    rngs = make_rngs(params, len(encoded))
     firsts = [prefill(backend, ids) for ids in encoded]
     logits = np.concatenate([f[0] for f in firsts])
     state = DecodeState.merge([f[1] for f in firsts], backend)
-    streams = [_TextStream(tokenizer, params.stop) for _ in prompts]
-    rows = list(range(len(prompts)))          # prompt index of each batch row
+    streams = [_TextStream(tokenizer, params.stop) for _ in encoded]
+    rows = list(range(len(encoded)))          # prompt index of each batch row
     for step in range(params.max_tokens):
         nxt = sample_next(logits, params, [rngs[i] for i in rows])
         keep = []

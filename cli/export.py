@@ -1,0 +1,29 @@
+"""seqserve export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import console
+
+
+def command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder from `seqserve train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (replaced atomically; a failed export leaves the old one).")],
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset. Default: 23 for gpt (native Attention op), 17 for recurrent.")] = None,
+    exporter: Annotated[Optional[str], typer.Option(help="dynamo or torchscript. Default per family (see DESIGN.md).")] = None,
+):
+    """Export the full-sequence and incremental-decoding ONNX graphs plus the seqserve.json sidecar."""
+    from seqserve.export import ExportOptions, export_checkpoint
+
+    with console.status("exporting") as status:
+        info = export_checkpoint(checkpoint, out, ExportOptions(opset=opset, exporter=exporter),
+                                 progress=lambda msg: status.update(msg))
+    step = info.spec.step
+    console.print(f"[green]exported[/] {info.family} to {info.path}: full.onnx, step.onnx "
+                  f"({len(step.state)} state tensors), seqserve.json "
+                  f"[dim]({info.raw['export_options']['exporter']}, opset {info.raw['export_options']['opset']})[/]")
+    console.print(f"next: seqserve validate {info.path}")

@@ -1,0 +1,75 @@
+"""seqserve generate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import console
+
+
+def command(
+    export: Annotated[Path, typer.Argument(help="Export folder from `seqserve export`.")],
+    prompt: Annotated[list[str], typer.Option(help="Prompt text; repeat for a batch of prompts.")],
+    max_tokens: Annotated[int, typer.Option(help="New tokens per prompt.")] = 128,
+    backend: Annotated[str, typer.Option(help="ort (ONNX Runtime) or torch (eager, from the export's checkpoint).")] = "ort",
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token.")] = False,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 = greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Sample from the k most likely tokens; 0 = all.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 = off.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible sampling.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable); output ends before it.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (ONNX Runtime CUDA provider).")] = "cpu",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads; 0 = one per core.")] = 0,
+):
+    """Generate text from an exported model, streaming it to the terminal as it is produced."""
+    from seqserve.export import load_export
+    from seqserve.generation import SamplingParams, generate
+    from seqserve.runtime import RuntimeOptions, make_backend
+
+    info = load_export(export)
+    params = SamplingParams(max_tokens=max_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, stop=tuple(stop or ()))
+    be = make_backend(info, backend, options=RuntimeOptions(device=device, intra_op_threads=threads))
+    events = generate(be, info.tokenizer, prompt, params, info.max_context)
+    if len(prompt) == 1:
+        _stream_one(prompt[0], events)
+    else:
+        _stream_many(prompt, events)
+
+
+def _stream_one(prompt: str, events) -> None:
+    console.print(prompt, style="dim", end="", highlight=False, markup=False)
+    reason = None
+    for ev in events:
+        sys.stdout.write(ev.text)
+        sys.stdout.flush()
+        reason = ev.finish_reason or reason
+    sys.stdout.write("\n")
+    console.print(f"[dim]({reason})[/]")
+
+
+def _stream_many(prompts: list[str], events) -> None:
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
+    texts, reasons = [""] * len(prompts), [""] * len(prompts)
+
+    def table():
+        t = Table(show_lines=True)
+        t.add_column("#", justify="right")
+        t.add_column("prompt + completion")
+        t.add_column("finish")
+        for i, p in enumerate(prompts):
+            t.add_row(str(i), Text(p, style="dim") + Text(texts[i]), reasons[i])
+        return t
+
+    with Live(table(), console=console, refresh_per_second=12) as live:
+        for ev in events:
+            texts[ev.index] += ev.text
+            reasons[ev.index] = ev.finish_reason or reasons[ev.index]
+            live.update(table())

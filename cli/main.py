@@ -1,0 +1,38 @@
+"""The seqserve command: train -> export -> validate -> generate (and bench, quickstart)."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from cli.common import handle_errors
+
+app = typer.Typer(
+    name="seqserve",
+    help="Sequence models from PyTorch training to production inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# name -> module under cli/ holding `command`; imported lazily so `seqserve --help` stays instant.
+COMMANDS = {
+    "quickstart": "cli.quickstart",
+    "train": "cli.train",
+    "export": "cli.export",
+    "validate": "cli.validate",
+    "generate": "cli.generate",
+    "bench": "cli.bench",
+}
+
+for _name, _module in COMMANDS.items():
+    app.command(_name)(handle_errors(importlib.import_module(_module).command))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

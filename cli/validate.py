@@ -1,0 +1,37 @@
+"""seqserve validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import console
+
+
+def command(
+    export: Annotated[Path, typer.Argument(help="Export folder from `seqserve export`.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
+    tokens: Annotated[int, typer.Option(help="Greedy tokens that torch and ONNX Runtime must agree on.")] = 32,
+):
+    """Gate an export: ONNX checker, dynamic axes, torch vs ONNX Runtime, incremental == full, greedy tokens.
+
+    Exits non-zero if any check fails.
+    """
+    import json
+
+    from seqserve.io import atomic_write_text
+    from seqserve.validate import ValidateConfig, render_report, validate_export
+
+    with console.status("validating") as status:
+        report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens),
+                                 progress=lambda msg: status.update(msg))
+    render_report(report, console)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
+        console.print(f"report written to {json_out}")
+    if not report.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,165 @@
+"""The command line, driven with Typer's CliRunner: the documented forms and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import COMMANDS, app
+from tests.conftest import ALL_FAMILIES
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_every_command():
+    res = run("--help")
+    assert res.exit_code == 0
+    for name in COMMANDS:
+        assert name in res.output
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_command_help(name):
+    res = run(name, "--help")
+    assert res.exit_code == 0, res.output
+    assert "Usage" in res.output
+
+
+def test_help_does_not_import_torch():
+    # `seqserve --help` must be instant: no torch/onnx import at CLI import time.
+    code = "import sys, cli.main; print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```bash\n(python3 -m venv .*?)\n```", readme)
+    assert len(commands) >= 2, "README must start with the two set-up commands"
+    assert "seqserve quickstart" in commands[0]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_train_export_validate_generate(family, tmp_path):
+    ckpt, exp, report = tmp_path / "ckpt", tmp_path / "onnx", tmp_path / "report.json"
+    res = run("train", "--family", family, "--preset", "tiny", "--steps", "30", "--batch-size", "8",
+              "--seq-len", "32", "--eval-every", "10", "--max-corpus-mb", "0.3", "--out", ckpt)
+    assert res.exit_code == 0, res.output
+    assert "validation" in res.output and (ckpt / "model.safetensors").is_file()
+    res = run("export", ckpt, "--out", exp)
+    assert res.exit_code == 0, res.output
+    res = run("validate", exp, "--json", report)
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    assert data["passed"] is True and data["family"] == family
+    texts = {}
+    for backend in ("ort", "torch"):
+        res = run("generate", exp, "--prompt", "def ", "--greedy", "--max-tokens", "24", "--backend", backend)
+        assert res.exit_code == 0, res.output
+        texts[backend] = res.output
+    assert texts["ort"] == texts["torch"]
+    assert texts["ort"].startswith("def ")
+
+
+def test_generate_batched_prompts(exported):
+    res = run("generate", exported("lstm"), "--prompt", "def ", "--prompt", "import", "--max-tokens", "8",
+              "--seed", "3")
+    assert res.exit_code == 0, res.output
+    assert "import" in res.output and "length" in res.output
+
+
+def test_resume_continues(checkpoint, tmp_path):
+    out = tmp_path / "resumed"
+    res = run("train", "--resume", checkpoint("rnn"), "--steps", "35", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 35
+
+
+# --- bad input: one line naming what was wrong and what was expected, exit 2, nothing overwritten ---
+
+def _assert_one_line_error(res, *words):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error:"), res.output
+    for w in words:
+        assert w in res.output, res.output
+
+
+def test_unknown_family(tmp_path):
+    _assert_one_line_error(run("train", "--family", "lstmx", "--out", tmp_path / "x"), "lstmx", "rnn, lstm, gru, gpt")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_preset(tmp_path):
+    _assert_one_line_error(run("train", "--family", "gru", "--preset", "huge", "--out", tmp_path / "x"), "huge", "tiny")
+
+
+def test_missing_checkpoint(tmp_path):
+    _assert_one_line_error(run("export", tmp_path / "nope", "--out", tmp_path / "e"), "nope", "seqserve train")
+
+
+def test_corrupt_checkpoint_keeps_previous_export(checkpoint, exported, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint("gru"), bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    target = tmp_path / "export"
+    shutil.copytree(exported("gru"), target)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    _assert_one_line_error(run("export", bad, "--out", target), "model.safetensors")
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+
+
+def test_corrupt_config_json(checkpoint, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(checkpoint("rnn"), bad)
+    (bad / "config.json").write_text("{not json")
+    _assert_one_line_error(run("export", bad, "--out", tmp_path / "e"), "config.json", "JSON")
+
+
+def test_missing_sidecar(exported, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported("rnn"), bad)
+    (bad / "seqserve.json").unlink()
+    _assert_one_line_error(run("generate", bad, "--prompt", "a"), "seqserve.json")
+    _assert_one_line_error(run("validate", bad), "seqserve.json")
+
+
+def test_non_onnx_graph(exported, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(exported("lstm"), bad)
+    (bad / "step.onnx").write_bytes(b"this is not an onnx file")
+    _assert_one_line_error(run("generate", bad, "--prompt", "def "), "step.onnx")
+    res = run("validate", bad)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+
+
+def test_prompt_outside_vocabulary(exported):
+    _assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def \u2603"), "vocabulary", "'\u2603'")
+
+
+def test_bad_sampling_values(exported):
+    _assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", "--top-p", "1.5"), "top_p")
+
+
+def test_cuda_without_gpu_is_explained(exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers() and shutil.which("nvidia-smi"):
+        pytest.skip("a GPU is present")
+    _assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", "--device", "cuda"), "CUDA")
