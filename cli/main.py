@@ -16,7 +16,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# name -> module under cli/ holding `command`; imported lazily so `seqserve --help` stays instant.
+# name -> module under cli/ holding `command`. Those modules import torch/onnx only inside the
+# command functions, so `seqserve --help` stays instant.
 COMMANDS = {
     "quickstart": "cli.quickstart",
     "train": "cli.train",

@@ -50,7 +50,7 @@ def command(
         be = make_backend(info, "ort")
         sample = generate_text(be, info.tokenizer, [prompt], SamplingParams(
             max_tokens=max_tokens, temperature=0.7, top_k=20, seed=0), info.max_context)[0]
-        console.print(f"[bold]ONNX Runtime sample[/] (temperature 0.7, top-k 20):")
+        console.print("[bold]ONNX Runtime sample[/] (temperature 0.7, top-k 20):")
         console.print(prompt + sample.text, highlight=False, markup=False)
     console.print(Rule("done"))
     console.print(f"exports are in {out}/. Try:\n"

@@ -58,6 +58,8 @@ def read_checkpoint_info(path: str | Path) -> dict:
         info = json.loads(cfg.read_text())
     except json.JSONDecodeError as e:
         raise SeqserveError(f"checkpoint {cfg} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(info, dict):
+        raise SeqserveError(f"checkpoint {cfg} holds a JSON {type(info).__name__}; expected an object")
     if info.get("format") != FORMAT:
         raise SeqserveError(f"checkpoint {cfg} has format {info.get('format')!r}; expected {FORMAT!r}")
     return info
@@ -91,14 +93,16 @@ def load_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> dict:
     try:
         state = json.loads((path / "trainer_state.json").read_text())
         tensors = load_file(str(path / "optimizer.safetensors"))
-    except (FileNotFoundError, SafetensorError) as e:
+        sd = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as e:
         raise SeqserveError(f"checkpoint {path} cannot be resumed: no readable optimizer state ({e})") from None
-    meta = state["optimizer"]
-    sd = {"param_groups": meta["param_groups"], "state": {}}
     for key, t in tensors.items():
         idx, name = key.split(".", 1)
         sd["state"].setdefault(int(idx), {})[name] = t
-    optimizer.load_state_dict(sd)
+    try:
+        optimizer.load_state_dict(sd)
+    except (ValueError, KeyError) as e:
+        raise SeqserveError(f"checkpoint {path} cannot be resumed: its optimizer state does not fit the model ({e})") from None
     return state
 
 

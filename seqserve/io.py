@@ -5,9 +5,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def _unique_sibling(target: Path, tag: str, make) -> Path:
+    """Create a uniquely named sibling of `target` with `make(path)`, which must fail if it exists.
+
+    Unlike tempfile.mkdtemp/mkstemp (modes 0700/0600), the new folder or file gets the usual
+    umask-derived mode, so a checkpoint or export can be read by other users (a serving container).
+    """
+    while True:
+        p = target.parent / f".{target.name}.{tag}-{secrets.token_hex(4)}"
+        try:
+            make(p)
+            return p
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -18,7 +34,7 @@ def atomic_dir(target: str | Path):
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _unique_sibling(target, "tmp", Path.mkdir)
     try:
         yield tmp
     except BaseException:
@@ -28,7 +44,14 @@ def atomic_dir(target: str | Path):
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.replace(target, old / "x")        # move aside, then swap in: two renames, no copy
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "x", target)    # put the previous version back
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -36,10 +59,9 @@ def atomic_dir(target: str | Path):
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = _unique_sibling(path, "tmp", lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

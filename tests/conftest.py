@@ -45,3 +45,12 @@ def exported(tmp_path_factory, checkpoint):
 
 
 ALL_FAMILIES = sorted(FAMILIES)
+
+
+def pytest_configure(config):
+    # The test models are tiny: one intra-op thread is faster than several, and it does not stall
+    # when xdist workers or other jobs share the cores (OpenMP threads spin-wait for each other;
+    # with 2 threads on 2 busy cores a 1-second training run was measured at 30+ seconds).
+    import torch
+
+    torch.set_num_threads(1)

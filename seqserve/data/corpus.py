@@ -1,7 +1,8 @@
 """Training text: the Python standard library's own source (default) or the user's files.
 
 The split is deterministic: a file goes to validation when the CRC32 of its relative path
-falls in the last tenth; a single file is split at 90% of its length.
+falls in the last tenth (the byte budget is shared 90/10 between the parts, so both get text);
+a single file is split at 90% of its length.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def load_corpus(path: str | Path | None = None, max_bytes: int = 4_000_000) -> C
     if not p.exists():
         raise SeqserveError(f"corpus {p} does not exist; expected a text file or a folder of text files")
     if p.is_file():
-        text = _read(p, max_bytes)
+        try:
+            text = _read(p, max_bytes)
+        except UnicodeDecodeError as e:
+            raise SeqserveError(f"corpus {p} is not UTF-8 text (byte {e.start}); expected a text file") from None
         if len(text) < 100:
             raise SeqserveError(f"corpus {p} holds {len(text)} characters; need at least 100")
         cut = int(len(text) * 0.9)
@@ -46,18 +50,27 @@ def load_corpus(path: str | Path | None = None, max_bytes: int = 4_000_000) -> C
 
 
 def _from_files(root: Path, files: list[Path], max_bytes: int, source: str) -> Corpus:
-    train, val, used, size = [], [], 0, 0
+    # Each part has its own share of the budget (90/10), so that the first files in sorted
+    # order cannot use it all up before a validation file is reached.
+    parts = {"train": [], "val": []}
+    budget = {"val": max(max_bytes // 10, 1)}
+    budget["train"] = max(max_bytes - budget["val"], 1)
+    size, used = {"train": 0, "val": 0}, 0
     for f in files:
+        rel = f.relative_to(root).as_posix()
+        part = "val" if zlib.crc32(rel.encode()) % 10 == 9 else "train"
+        if size[part] >= budget[part]:
+            if all(size[k] >= budget[k] for k in budget):
+                break
+            continue
         try:
-            text = _read(f, max_bytes - size)
+            text = _read(f, budget[part] - size[part])
         except (UnicodeDecodeError, SeqserveError):
             continue                                    # binary or unreadable: not text
-        rel = f.relative_to(root).as_posix()
-        (val if zlib.crc32(rel.encode()) % 10 == 9 else train).append(text)
+        parts[part].append(text)
         used += 1
-        size += len(text.encode("utf-8"))
-        if size >= max_bytes:
-            break
+        size[part] += len(text.encode("utf-8"))
+    train, val = parts["train"], parts["val"]
     if not train or not val:
         raise SeqserveError(f"corpus {source} has too few readable text files ({used}); need a train and a validation part")
     return Corpus("\n".join(train), "\n".join(val), source, used)
@@ -69,4 +82,11 @@ def _read(path: Path, limit: int) -> str:
             data = f.read(max(limit, 0))
     except OSError as e:
         raise SeqserveError(f"cannot read {path}: {e.strerror}") from None
-    return data.decode("utf-8", errors="ignore" if len(data) == limit else "strict")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # Cut at the limit inside a multi-byte character: drop only that partial character.
+        # Anything else is not UTF-8 text, however much of the file was read.
+        if len(data) == limit and e.reason == "unexpected end of data":
+            return data[: e.start].decode("utf-8")
+        raise

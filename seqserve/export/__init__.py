@@ -12,6 +12,7 @@ previous export at the same path intact.
 from __future__ import annotations
 
 import importlib.metadata as md
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
             except SeqserveError:
                 raise
             except Exception as e:  # exporter internals: say which graph and how to change course
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()    # no terminal colour codes
+                first = text.splitlines()[0] if text else type(e).__name__
                 raise SeqserveError(f"exporting the {graph.name} graph with the {exporter} exporter "
                                     f"failed: {first} (try --exporter / --opset)") from None
             conform_dims(path, graph)

@@ -15,12 +15,14 @@ import contextlib
 import io
 import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
 from seqserve.errors import SeqserveError
+from seqserve.export.optimize import optimize_graph
 from seqserve.spec import GraphSpec, example_inputs
 
 DEFAULTS = {"gpt": ("dynamo", 23)}          # family -> (exporter, opset)
@@ -62,6 +64,7 @@ def export_graph(model, graph: GraphSpec, path, exporter: str, opset: int) -> No
             torch.onnx.export(module, args, str(path), dynamic_axes=axes, dynamo=False, **kwargs)
         else:
             raise SeqserveError(f"unknown exporter {exporter!r}; expected dynamo or torchscript")
+    optimize_graph(path, graph)
 
 
 def conform_dims(path, graph: GraphSpec) -> None:
@@ -70,6 +73,7 @@ def conform_dims(path, graph: GraphSpec) -> None:
     Fails when a name, dtype or rank differs, a static size differs, or an axis the spec declares
     dynamic was fixed by the exporter (the dynamo trap with vanilla RNNs).
     """
+    path = Path(path)
     model = onnx.load(str(path))
     problems = []
     for kind, values, specs in (("input", model.graph.input, graph.inputs),

@@ -50,15 +50,17 @@ def load_export(path: str | Path) -> ExportInfo:
         raise SeqserveError(f"export {path} has no {SIDECAR}; expected the output of `seqserve export`")
     try:
         raw = json.loads(side.read_text())
+        if not isinstance(raw, dict):
+            raise SeqserveError(f"{side} holds a JSON {type(raw).__name__}; expected an object")
         if raw.get("format") != FORMAT:
             raise SeqserveError(f"{side} has format {raw.get('format')!r}; expected {FORMAT!r}")
         info = ExportInfo(path, raw["family"], FamilySpec.from_json(raw["spec"]),
                           Tokenizer.from_json(raw["tokenizer"]), raw)
+        for g in ("full", "step"):
+            if not info.graph_path(g).is_file():
+                raise SeqserveError(f"export {path} is missing its {g} graph {info.graph_path(g).name}")
     except json.JSONDecodeError as e:
         raise SeqserveError(f"{side} is not valid JSON ({e.msg} at line {e.lineno})") from None
     except (KeyError, TypeError) as e:
         raise SeqserveError(f"{side} is missing or has a bad field: {e}") from None
-    for g in ("full", "step"):
-        if not info.graph_path(g).is_file():
-            raise SeqserveError(f"export {path} is missing its {g} graph {info.graph_path(g).name}")
     return info

@@ -37,11 +37,14 @@ class DecodeState:
 
     def feeds(self, input_ids: np.ndarray) -> dict:
         """Graph inputs for input_ids (B, S)."""
+        # Called once per generated token: no cast or arithmetic that a one-token step does not need.
         B, S = input_ids.shape
-        feeds = {"input_ids": input_ids.astype(np.int64, copy=False), **self.state}
+        feeds = {"input_ids": input_ids if input_ids.dtype == np.int64 else input_ids.astype(np.int64)}
+        feeds.update(self.state)
         if self.mask is not None:
             feeds["attention_mask"] = np.concatenate([self.mask, np.ones((B, S), np.int64)], axis=1)
-            feeds["position_ids"] = self.positions[:, None] + np.arange(S, dtype=np.int64)
+            feeds["position_ids"] = (self.positions[:, None] if S == 1
+                                     else self.positions[:, None] + np.arange(S, dtype=np.int64))
         return feeds
 
     def advance(self, outputs: dict, new_tokens: int) -> "DecodeState":

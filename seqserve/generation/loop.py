@@ -60,7 +60,8 @@ def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
     for i, ids in enumerate(encoded):
         if not ids:
             raise SeqserveError(f"prompt {i} is empty; give at least one character")
-        if max_context is not None and len(ids) + params.max_tokens > max_context:
+        # The last sampled token is never fed back, so positions 0 .. len + max_tokens - 2 are used.
+        if max_context is not None and len(ids) + params.max_tokens - 1 > max_context:
             raise SeqserveError(f"prompt {i} has {len(ids)} tokens; with max_tokens {params.max_tokens} it "
                                 f"exceeds the model's context of {max_context} positions")
     return _decode(backend, tokenizer, encoded, params)

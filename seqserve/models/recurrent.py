@@ -33,6 +33,8 @@ class RecurrentConfig:
             raise ValueError(f"num_layers must be 1-4, got {self.num_layers}")
         if self.nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be tanh or relu, got {self.nonlinearity!r}")
+        if self.cell != "rnn" and self.nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity applies to the vanilla rnn cell only, not {self.cell}")
         if self.tie_weights and self.embed_dim != self.hidden_size:
             raise ValueError("tie_weights needs embed_dim == hidden_size")
 

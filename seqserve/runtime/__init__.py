@@ -19,7 +19,7 @@ def make_backend(export_info, backend: str = "ort", graph: str = "step",
     if backend == "torch":
         from seqserve.runtime.torch_backend import TorchBackend
 
-        return TorchBackend.from_export(export_info, graph)
+        return TorchBackend.from_export(export_info, graph, options.device)
     raise SeqserveError(f"unknown backend {backend!r}; expected ort or torch")
 
 

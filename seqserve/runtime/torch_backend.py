@@ -5,23 +5,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from seqserve.errors import SeqserveError
 from seqserve.spec import GraphSpec
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, graph: str = "step"):
-        self.model = model.eval()
+    def __init__(self, model, graph: str = "step", device: str = "cpu"):
+        if device not in ("cpu", "cuda"):
+            raise SeqserveError(f"unknown device {device!r}; expected cpu or cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise SeqserveError("--device cuda was asked for but this torch build sees no CUDA GPU")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         spec = model.spec()
         self.spec: GraphSpec = spec.step if graph == "step" else spec.full
 
     @torch.inference_mode()
     def run(self, feeds: dict) -> dict:
-        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
         if self.spec.name == "full":
-            return {"logits": self.model(t["input_ids"]).numpy()}
-        return {k: v.numpy() for k, v in self.model.run_step(t).items()}
+            return {"logits": self.model(t["input_ids"]).cpu().numpy()}
+        return {k: v.cpu().numpy() for k, v in self.model.run_step(t).items()}
 
     def to_host(self, value) -> np.ndarray:
         return value
@@ -30,7 +36,7 @@ class TorchBackend:
         return array
 
     @classmethod
-    def from_export(cls, export_info, graph: str = "step") -> "TorchBackend":
+    def from_export(cls, export_info, graph: str = "step", device: str = "cpu") -> "TorchBackend":
         from seqserve.checkpoint import load_checkpoint
 
-        return cls(load_checkpoint(export_info.checkpoint_path).model, graph)
+        return cls(load_checkpoint(export_info.checkpoint_path).model, graph, device)

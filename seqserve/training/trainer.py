@@ -41,6 +41,13 @@ class TrainConfig:
     seed: int = 0
     model_overrides: dict = field(default_factory=dict)   # e.g. {"num_layers": 3}
 
+    def __post_init__(self):
+        for name in ("batch_size", "seq_len", "eval_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise SeqserveError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise SeqserveError(f"steps must be >= 0, got {self.steps}")
+
 
 @dataclass
 class TrainResult:
@@ -65,6 +72,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, p
     else:
         tok = Tokenizer.fit(corpus.train + corpus.val, cfg.tokenizer)
         model = build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, **cfg.model_overrides))
+    max_len = getattr(model.config, "max_seq_len", None)
+    if max_len is not None and cfg.seq_len > max_len:
+        raise SeqserveError(f"seq_len {cfg.seq_len} is longer than the {cfg.family} model's "
+                            f"max_seq_len {max_len}; lower --seq-len")
     train_ids = torch.tensor(tok.encode(corpus.train), dtype=torch.long)
     val_ids = torch.tensor(tok.encode(corpus.val), dtype=torch.long)
     if min(len(train_ids), len(val_ids)) < cfg.batch_size * (cfg.seq_len + 1):
@@ -74,7 +85,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, p
     if resume:
         st = load_optimizer(resume, opt)
         start_step, history = st["step"], st.get("history", [])
-    batches = _lanes(train_ids, cfg) if fam.recurrent else _windows(train_ids, cfg, cfg.seed + start_step)
+    batches = _lanes(train_ids, cfg, start_step) if fam.recurrent else _windows(train_ids, cfg, cfg.seed + start_step)
     state, t0, step, loss_ema = None, time.monotonic(), start_step, None
     model.train()
     for step in range(start_step + 1, cfg.steps + 1):
@@ -128,15 +139,23 @@ def evaluate(model, ids: torch.Tensor, cfg: TrainConfig, recurrent: bool) -> flo
     return total / cfg.eval_batches / math.log(2)
 
 
-def _lanes(ids: torch.Tensor, cfg: TrainConfig):
-    """Yield (x, y, reset) chunks (B, T) walking B contiguous lanes; reset at each wrap-around."""
+def _lanes(ids: torch.Tensor, cfg: TrainConfig, skip: int = 0):
+    """Yield (x, y, reset) chunks (B, T) walking B contiguous lanes; reset at each wrap-around.
+
+    The first `skip` chunks are skipped (a resumed run goes on where it stopped, with a fresh state).
+    """
     B, T = cfg.batch_size, cfg.seq_len
     L = len(ids) // B
     lanes = ids[: B * L].view(B, L)                                  # (B, L)
+    starts = range(0, L - T, T)                                      # every chunk with T + 1 tokens
+    if not starts:
+        raise SeqserveError(f"{len(ids)} tokens are too few for {B} lanes of {T + 1}")
+    first = skip % len(starts)
     while True:
-        for i, pos in enumerate(range(0, L - T - 1, T)):
-            chunk = lanes[:, pos: pos + T + 1]
-            yield chunk[:, :-1], chunk[:, 1:], i == 0
+        for i in range(first, len(starts)):
+            chunk = lanes[:, starts[i]: starts[i] + T + 1]
+            yield chunk[:, :-1], chunk[:, 1:], i == first
+        first = 0
 
 
 def _windows(ids: torch.Tensor, cfg: TrainConfig, seed: int):
@@ -144,7 +163,7 @@ def _windows(ids: torch.Tensor, cfg: TrainConfig, seed: int):
     g = torch.Generator().manual_seed(seed)
     B, T = cfg.batch_size, cfg.seq_len
     while True:
-        starts = torch.randint(0, len(ids) - T - 1, (B,), generator=g)
+        starts = torch.randint(0, len(ids) - T, (B,), generator=g)       # ids[s: s + T + 1] fits
         chunk = torch.stack([ids[s: s + T + 1] for s in starts.tolist()])
         yield chunk[:, :-1], chunk[:, 1:], False
 

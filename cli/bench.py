@@ -1,0 +1,38 @@
+"""seqserve bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def command(
+    families: Annotated[str, typer.Option(help="Comma-separated families to time: gpt,lstm,gru,rnn.")] = "gpt,lstm,gru,rnn",
+    contexts: Annotated[str, typer.Option(help="Comma-separated GPT context lengths (prefilled tokens).")] = "64,256,1024",
+    steps: Annotated[int, typer.Option(help="Timed decode steps per variant and round.")] = 32,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds over the variants (each from the same context).")] = 16,
+    warmup: Annotated[int, typer.Option(help="Untimed steps at the start of every round.")] = 4,
+    nocache_steps: Annotated[int, typer.Option(help="Timed torch no-cache steps per round; 0 = fewer as the context grows.")] = 0,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads and torch threads; 0 = one per physical core.")] = 0,
+    rnn_context: Annotated[int, typer.Option(help="Prefill length for rnn/lstm/gru.")] = 64,
+    preset: Annotated[str, typer.Option(help="Model size preset (random weights): tiny or small.")] = "small",
+    seed: Annotated[int, typer.Option(help="Seed for weights and tokens.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+):
+    """Per-token decode latency at batch 1: torch eager with and without KV cache vs ONNX Runtime.
+
+    Builds random-weight models, exports them with seqserve's own export, times decode steps after a prefill with the variants interleaved, and prints medians, p90s, ratios and PASS/MISS against the targets.
+    """
+    from cli.common import console, err_console
+    from seqserve.bench import BenchConfig, parse_list, render, run_benchmark, write_json
+
+    config = BenchConfig(families=parse_list(families, "families"), contexts=parse_list(contexts, "contexts", int),
+                         steps=steps, rounds=rounds, warmup=warmup, nocache_steps=nocache_steps, threads=threads,
+                         rnn_context=rnn_context, preset=preset, seed=seed)
+    results = run_benchmark(config, progress=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    render(results, console)
+    if json_out is not None:
+        write_json(results, json_out)
+        console.print(f"results written to {json_out}", highlight=False)

@@ -1,0 +1,42 @@
+"""The validation gate: an export passes only if every check passes (Optimum merely warns).
+
+    onnx_checker         onnx.checker (full_check) on each graph; unreadable files fail, not crash
+    dynamic_axes         every axis the spec calls dynamic is dynamic in the ONNX file; names, dtypes
+    torch_vs_ort         torch eager vs ONNX Runtime on the same random feeds, over a shape grid
+    incremental_vs_full  step graph fed token by token / in chunks == the full graph, per position
+    greedy_generation    greedy decoding through torch and ORT yields identical token ids
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seqserve.export import load_export
+from seqserve.validate import parity, static
+from seqserve.validate.report import render_report
+from seqserve.validate.results import CHECKS, CheckResult, ValidateConfig, ValidationReport
+from seqserve.validate.target import Target
+
+_RUN = {
+    "onnx_checker": (static.onnx_checker, "checking full.onnx and step.onnx with onnx.checker"),
+    "dynamic_axes": (static.dynamic_axes, "checking graph inputs/outputs and dynamic axes against the spec"),
+    "torch_vs_ort": (parity.torch_vs_ort, "comparing torch and ONNX Runtime outputs over the shape grid"),
+    "incremental_vs_full": (parity.incremental_vs_full, "comparing step-by-step decoding with the full graph"),
+    "greedy_generation": (parity.greedy_generation, "comparing greedy generation, torch vs ONNX Runtime"),
+}
+
+
+def validate_export(path: str | Path, config: ValidateConfig = ValidateConfig(), progress=None) -> ValidationReport:
+    """Run every check on an export folder. Raises SeqserveError only if the folder is unreadable."""
+    info = load_export(path)
+    target = Target(info, config)
+    rows: list[CheckResult] = []
+    for name in CHECKS:
+        fn, message = _RUN[name]
+        if progress:
+            progress(message)
+        rows += fn(target)   # checks turn every per-graph failure into rows; onnx_checker must go first
+    return ValidationReport(str(info.path), info.family, rows)
+
+
+__all__ = ["CHECKS", "CheckResult", "ValidateConfig", "ValidationReport", "render_report", "validate_export"]

@@ -1,0 +1,170 @@
+"""Checks that run the graphs: torch vs ORT, incremental vs full, greedy tokens torch vs ORT."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seqserve.errors import SeqserveError
+from seqserve.spec import BATCH, PAST, SEQ, example_inputs
+from seqserve.validate.compare import compare
+from seqserve.validate.results import CheckResult
+from seqserve.validate.target import GRAPHS, Target, Unusable, guarded
+
+
+# 3. torch_vs_ort ---------------------------------------------------------------------------------
+
+def torch_vs_ort(t: Target) -> list[CheckResult]:
+    c, rows = t.config, []
+    rng = np.random.default_rng(c.seed)
+    for g in GRAPHS:
+        spec = t.info.graph(g)
+        if not spec.state:
+            thirds = [None]
+        elif any(p.seq_axis is not None for p in spec.state):      # KV cache: vary its length
+            thirds = [("past", p) for p in c.pasts]
+        else:  # recurrent state has no past axis: a zero state and a random non-zero one
+            thirds = [("state", "zero"), ("state", "random")]
+        for b in c.batches:
+            for s in c.sequences:
+                for third in thirds:
+                    sizes = {BATCH: b, SEQ: s, PAST: third[1] if third and third[0] == "past" else 0}
+                    case = f"batch={b} sequence={s}" + (f" {third[0]}={third[1]}" if third else "")
+                    feeds = example_inputs(spec, sizes, rng)
+                    if third == ("state", "zero"):
+                        feeds = {k: np.zeros_like(v) if k in spec.state_inputs else v for k, v in feeds.items()}
+                    rows += guarded("torch_vs_ort", g, case, lambda: _torch_vs_ort_case(t, g, case, feeds))
+    return rows
+
+
+def _torch_vs_ort_case(t: Target, g: str, case: str, feeds: dict) -> list[CheckResult]:
+    c, spec = t.config, t.info.graph(g)
+    ort_out = t.ort(g).run(feeds)
+    torch_out = t.torch(g).run(feeds)
+    rows = []
+    for o in spec.outputs:
+        name = f"{case} output={o.name}"
+        a = np.asarray(ort_out[o.name])
+        if o.name not in torch_out:
+            rows.append(CheckResult("torch_vs_ort", g, name, False, detail="torch produced no such output"))
+            continue
+        r = compare(a, torch_out[o.name], c.atol, c.rtol, "ort", "torch")
+        detail = r.detail
+        if r.passed and a.dtype != np.dtype(o.dtype):
+            detail = f"ORT returned {a.dtype}; the spec says {o.dtype}"
+        rows.append(CheckResult("torch_vs_ort", g, name, r.passed and not detail, r.max_abs, r.max_rel,
+                                c.atol, c.rtol, detail))
+    return rows
+
+
+# 4. incremental_vs_full --------------------------------------------------------------------------
+
+def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[CheckResult]:
+    from seqserve.generation import DecodeState
+
+    c = t.config
+    length = min(length, t.info.max_context or length)
+    vocab = t.info.spec.full.output("logits").dims[-1]
+    ids = np.random.default_rng(c.seed).integers(0, vocab, (batch, length), dtype=np.int64)
+    head = min(5, length)
+    schedules = {
+        "token by token": [1] * length,
+        f"prefill {head} then 1 at a time": [head] + [1] * (length - head),
+        "chunks of 3, 4, 5": _chunks(length, (3, 4, 5)),
+    }
+
+    def run(name: str, chunks: list[int]) -> list[CheckResult]:
+        full = t.ort("full").run({"input_ids": ids})["logits"]
+        step = t.ort("step")
+        state, parts, pos = DecodeState.empty(step.spec, batch, step), [], 0
+        for n in chunks:
+            out = step.run(state.feeds(ids[:, pos:pos + n]))
+            parts.append(step.to_host(out["logits"]))
+            state, pos = state.advance(out, n), pos + n
+        inc = np.concatenate(parts, axis=1)
+        r = compare(inc, full, c.atol, c.rtol, "step", "full")
+        detail = r.detail
+        if not r.passed and inc.shape == full.shape:
+            bad = ~np.isclose(inc, full, atol=c.atol, rtol=c.rtol, equal_nan=False).all(axis=(0, 2))
+            detail = f"first mismatch at position {int(np.argmax(bad))}; {detail}"
+        case = f"batch={batch} length={length} {name}"
+        return [CheckResult("incremental_vs_full", "full+step", case, r.passed, r.max_abs, r.max_rel,
+                            c.atol, c.rtol, detail)]
+
+    rows = []
+    for name, chunks in schedules.items():
+        rows += guarded("incremental_vs_full", "full+step", f"batch={batch} length={length} {name}",
+                        lambda: run(name, chunks))
+    return rows
+
+
+def _chunks(length: int, sizes: tuple[int, ...]) -> list[int]:
+    out, i = [], 0
+    while sum(out) < length:
+        out.append(min(sizes[i % len(sizes)], length - sum(out)))
+        i += 1
+    return out
+
+
+# 5. greedy_generation ----------------------------------------------------------------------------
+
+def greedy_generation(t: Target) -> list[CheckResult]:
+    from seqserve.generation import SamplingParams
+
+    tok, c = t.info.tokenizer, t.config
+    prompts = prompts_for(tok)
+    longest = max(len(tok.encode(p)) for p in prompts)
+    n = c.generate_tokens if t.info.max_context is None else min(c.generate_tokens, t.info.max_context - longest)
+    # Greedy, plus seeded sampling at temperature 1: a briefly trained model often decodes to one
+    # repeated token greedily, while sampling walks through many tokens (and still must agree:
+    # the same seed gives the same draws, so only a probability difference could change a token).
+    modes = {"greedy": SamplingParams(max_tokens=max(n, 1), greedy=True, stop_at_eos=False),
+             f"sampled seed={c.seed}": SamplingParams(max_tokens=max(n, 1), temperature=1.0, seed=c.seed,
+                                                     stop_at_eos=False)}
+    rows = []
+    for mode, params in modes.items():
+        cases = [f"{mode} prompt={p!r} tokens={n}" for p in prompts]
+        got = guarded("greedy_generation", "step", " | ".join(cases), lambda: _generation_rows(t, prompts, params, cases, n))
+        if len(got) == 1 and len(cases) > 1:
+            got = [CheckResult("greedy_generation", "step", case, False, detail=got[0].detail) for case in cases]
+        rows += got
+    return rows
+
+
+def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n: int) -> list[CheckResult]:
+    from seqserve.generation import generate_text
+
+    if n < 1:
+        raise Unusable(f"the model's context ({t.info.max_context}) leaves no room to generate")
+    tok = t.info.tokenizer
+    # Two prompts of different lengths in one batch: the GPT path also exercises left padding.
+    ref = generate_text(t.torch("step"), tok, prompts, params, t.info.max_context)
+    got = generate_text(t.ort("step"), tok, prompts, params, t.info.max_context)
+    rows = []
+    for case, a, b in zip(cases, got, ref):
+        diff = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
+        if diff is None and len(a.tokens) != len(b.tokens):
+            diff = min(len(a.tokens), len(b.tokens))
+        if diff is None:
+            rows.append(CheckResult("greedy_generation", "step", case, True,
+                                    detail=f"{len(a.tokens)} identical tokens: {b.text[:40]!r}"))
+            continue
+        rows.append(CheckResult("greedy_generation", "step", case, False, detail=(
+            f"first difference at generated token {diff}: torch {b.tokens[diff:diff + 1]} vs ort "
+            f"{a.tokens[diff:diff + 1]}; torch {b.text[:40]!r}, ort {a.text[:40]!r}")))
+    return rows
+
+
+def prompts_for(tok) -> list[str]:
+    """Two prompts of different lengths that the tokenizer can encode."""
+    def ok(p: str) -> bool:
+        try:
+            return bool(tok.encode(p))
+        except SeqserveError:
+            return False
+
+    good = [p for p in ("def ", "import os\nclass ") if ok(p)]
+    chars = list(tok.chars)
+    for p in ("".join(chars[:3]), "".join(chars[-7:])):   # vocabularies without code characters
+        if len(good) < 2 and p and p not in good:
+            good.append(p)
+    return good

@@ -1,0 +1,103 @@
+"""Checks on the ONNX files themselves: onnx.checker, and the graph signature against the spec."""
+
+from __future__ import annotations
+
+import onnx
+
+from seqserve.spec import GraphSpec
+from seqserve.validate.results import CheckResult
+from seqserve.validate.target import GRAPHS, Target, Unusable, guarded
+
+
+# 1. onnx_checker ---------------------------------------------------------------------------------
+
+def onnx_checker(t: Target) -> list[CheckResult]:
+    rows = []
+    for g in GRAPHS:
+        path = t.info.graph_path(g)
+        why = _check_file(path)
+        if why:
+            # Later rows name the failed check; the reason itself is shown once, here.
+            t.broken[g] = f"{path.name} failed onnx_checker"
+        rows.append(CheckResult("onnx_checker", g, path.name, why is None,
+                                detail=f"{path.name} is not a valid ONNX model: {why}" if why
+                                else "check_model(full_check=True) passed"))
+    return rows
+
+
+def _check_file(path) -> str | None:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends: truncated or not ONNX at all
+        return f"cannot be parsed as ONNX protobuf (truncated or not an ONNX file): {_first_line(e)}"
+    if not model.graph.node:
+        # An empty or foreign protobuf can parse as an empty ModelProto.
+        return "the file parses but holds no graph nodes (empty, truncated or not an ONNX file)"
+    try:
+        onnx.checker.check_model(str(path), full_check=True)   # full_check adds strict shape inference
+    except Exception as e:
+        return _first_line(e)
+    return None
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:300]
+
+
+# 2. dynamic_axes ---------------------------------------------------------------------------------
+
+_DTYPES = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+           onnx.TensorProto.INT32: "int32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.BOOL: "bool"}
+
+
+def dynamic_axes(t: Target) -> list[CheckResult]:
+    rows = []
+    for g in GRAPHS:
+        spec = t.info.graph(g)
+        case = f"{len(spec.inputs)} inputs, {len(spec.outputs)} outputs"
+        rows += guarded("dynamic_axes", g, case, lambda: [_axes_row(t, g, spec, case)])
+    return rows
+
+
+def _axes_row(t: Target, g: str, spec: GraphSpec, case: str) -> CheckResult:
+    if g in t.broken:
+        raise Unusable(f"skipped: {t.broken[g]}")
+    graph = onnx.load(str(t.info.graph_path(g)), load_external_data=False).graph
+    problems, n_dynamic = [], 0
+    for kind, values, specs in (("input", graph.input, spec.inputs), ("output", graph.output, spec.outputs)):
+        have = {v.name: v for v in values}
+        extra = sorted(set(have) - {s.name for s in specs} - {i.name for i in graph.initializer})
+        if extra:
+            problems.append(f"unexpected {kind}s {extra}")
+        for s in specs:
+            if s.name not in have:
+                problems.append(f"{kind} {s.name} is missing")
+                continue
+            tt = have[s.name].type.tensor_type
+            dtype = _DTYPES.get(tt.elem_type, f"onnx type {tt.elem_type}")
+            if dtype != s.dtype:
+                problems.append(f"{kind} {s.name} is {dtype}; the spec says {s.dtype}")
+            dims = list(tt.shape.dim) if tt.HasField("shape") else []
+            if len(dims) != len(s.dims):
+                problems.append(f"{kind} {s.name} has rank {len(dims)}; the spec says {len(s.dims)}")
+                continue
+            for i, (d, want) in enumerate(zip(dims, s.dims)):
+                if isinstance(want, int):
+                    if not d.HasField("dim_value") or d.dim_value != want:
+                        problems.append(f"{kind} {s.name} axis {i} is {_dim(d)}; the spec fixes it to {want}")
+                    continue
+                n_dynamic += 1
+                if d.HasField("dim_value"):
+                    problems.append(f"{kind} {s.name} axis {i} ({want}) is fixed to {d.dim_value}; it must be dynamic")
+                elif d.dim_param != want:
+                    # Names tie axes together (all "batch" axes are one size); the spec's names are the contract.
+                    problems.append(f"{kind} {s.name} axis {i} is named {_dim(d)}; the spec names it {want!r}")
+    if problems:
+        return CheckResult("dynamic_axes", g, case, False, detail="; ".join(problems))
+    return CheckResult("dynamic_axes", g, case, True,
+                       detail=f"names and dtypes match; {n_dynamic} dynamic axes are dynamic")
+
+
+def _dim(d) -> str:
+    return str(d.dim_value) if d.HasField("dim_value") else (repr(d.dim_param) if d.dim_param else "unnamed")

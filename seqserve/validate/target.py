@@ -1,0 +1,70 @@
+"""The export under validation and the guard that turns any failure into a failed row.
+
+A graph that cannot be parsed or loaded is recorded once (in `Target.broken`) and every later row
+that needs it fails with that reason, so one corrupt file does not hide what else is right or wrong.
+"""
+
+from __future__ import annotations
+
+from seqserve.errors import SeqserveError
+from seqserve.validate.results import CheckResult, ValidateConfig
+
+GRAPHS = ("full", "step")
+
+
+class Unusable(Exception):
+    """A row cannot run because something it needs (a graph, the torch model) is broken."""
+
+
+class Target:
+    """The export under validation, with lazily built (and cached) backends."""
+
+    def __init__(self, info, config: ValidateConfig):
+        self.info, self.config = info, config
+        self.broken: dict[str, str] = {}        # graph or "torch" -> why it cannot be used
+        self._ort: dict[str, object] = {}
+        self._model = None
+
+    def ort(self, graph: str):
+        if graph in self.broken:
+            raise Unusable(f"skipped: {self.broken[graph]}")
+        if graph not in self._ort:
+            from seqserve.runtime import OrtBackend
+
+            try:
+                self._ort[graph] = OrtBackend(self.info, graph)
+            except SeqserveError as e:
+                self.broken[graph] = str(e)
+                raise Unusable(str(e)) from None
+        return self._ort[graph]
+
+    def torch(self, graph: str):
+        if "torch" in self.broken:
+            raise Unusable(f"skipped: {self.broken['torch']}")
+        from seqserve.runtime.torch_backend import TorchBackend
+
+        if self._model is None:
+            from seqserve.checkpoint import load_checkpoint
+
+            try:
+                model = load_checkpoint(self.info.checkpoint_path).model
+            except SeqserveError as e:
+                self.broken["torch"] = f"the torch checkpoint cannot be loaded: {e}"
+                raise Unusable(self.broken["torch"]) from None
+            if model.spec() != self.info.spec:
+                # Comparing against a different model would only produce confusing diffs.
+                self.broken["torch"] = "the checkpoint's model spec differs from the export's seqserve.json"
+                raise Unusable(self.broken["torch"])
+            self._model = model
+        return TorchBackend(self._model, graph)
+
+
+def guarded(check: str, graph: str, case: str, fn) -> list[CheckResult]:
+    """Run fn() -> rows; any failure becomes one failed row (the gate reports, it does not crash)."""
+    try:
+        return fn()
+    except Unusable as e:
+        return [CheckResult(check, graph, case, False, detail=str(e))]
+    except Exception as e:  # ORT/torch/onnx raise many types; all mean "this row failed"
+        msg = " ".join(str(e).split())   # ORT puts the useful part (which index, got/expected) on line 2
+        return [CheckResult(check, graph, case, False, detail=f"{type(e).__name__}: {msg}"[:500])]

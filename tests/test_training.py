@@ -1,0 +1,365 @@
+"""Training, checkpoints (safetensors + JSON, never pickle), resume, and atomic saves."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seqserve.checkpoint import load_checkpoint, load_optimizer, read_checkpoint_info, save_checkpoint
+from seqserve.data import load_corpus
+from seqserve.errors import SeqserveError
+from seqserve.io import atomic_dir, atomic_write_text
+from seqserve.models import build_model, make_config
+from seqserve.training import TrainConfig, evaluate, resume_config, train
+from seqserve.training.trainer import _lanes, _windows
+
+CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors",
+                    "trainer_state.json"}
+SHORT = dict(preset="tiny", steps=20, eval_every=10, eval_batches=2, batch_size=8, seq_len=32,
+             max_corpus_bytes=100_000)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """family -> (TrainConfig, TrainResult) of a 20-step run, trained on first use."""
+    root, cache = tmp_path_factory.mktemp("train"), {}
+
+    def get(family: str):
+        if family not in cache:
+            cfg = TrainConfig(family=family, **SHORT)
+            cache[family] = cfg, train(cfg, root / family)
+        return cache[family]
+
+    return get
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def hidden_leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+# --- training ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", ["lstm", "gpt"])     # the two data paths: BPTT lanes, random windows
+def test_validation_loss_goes_down(runs, family):
+    cfg, result = runs(family)
+    assert result.steps == 20
+    assert [h["step"] for h in result.history] == [10, 20]
+    assert all("train_bpc" in h and "val_bpc" in h for h in result.history)
+    corpus = load_corpus(None, cfg.max_corpus_bytes)
+    ckpt = load_checkpoint(result.path)
+    val_ids = torch.tensor(ckpt.tokenizer.encode(corpus.val))
+    torch.manual_seed(0)
+    untrained = build_model(family, make_config(family, "tiny", ckpt.tokenizer.vocab_size))
+    before = evaluate(untrained, val_ids, cfg, recurrent=family != "gpt")
+    after = evaluate(ckpt.model, val_ids, cfg, recurrent=family != "gpt")
+    assert after == pytest.approx(result.val_bpc, rel=1e-4)   # the saved weights are the trained ones
+    assert before > 5.5                                       # ~ log2(vocab): knows nothing
+    assert after < before - 1.0
+    assert result.history[-1]["val_bpc"] < result.history[0]["val_bpc"]
+
+
+def test_checkpoint_folder_holds_safetensors_and_json_only(runs):
+    cfg, result = runs("lstm")
+    files = {p.name for p in result.path.iterdir()}
+    assert files == CHECKPOINT_FILES
+    for name in files:
+        head = (result.path / name).read_bytes()[:2]
+        assert head != b"\x80\x04" and head != b"PK"           # no pickle, no torch zip archive
+    info = json.loads((result.path / "config.json").read_text())
+    assert info["format"] == "seqserve-checkpoint/1" and info["family"] == "lstm"
+    assert info["model"]["cell"] == "lstm"
+    assert info["training"]["config"] == asdict(cfg) and info["training"]["steps"] == 20
+    state = json.loads((result.path / "trainer_state.json").read_text())
+    assert state["step"] == 20 and [h["step"] for h in state["history"]] == [10, 20]
+    tensors = load_file(str(result.path / "model.safetensors"))
+    assert "embed.weight" in tensors and "head.weight" in tensors
+    assert load_file(str(result.path / "optimizer.safetensors"))      # readable, not empty
+    assert json.loads((result.path / "tokenizer.json").read_text())["kind"] == "char"
+    assert read_checkpoint_info(result.path) == info
+    assert resume_config(result.path) == cfg
+
+
+def test_checkpoint_folder_is_readable_by_others(runs):
+    _, result = runs("lstm")
+    assert (result.path.stat().st_mode & 0o777) == (0o777 & ~umask())
+
+
+@pytest.mark.parametrize("family", ["lstm", "gpt"])
+def test_resume_continues_to_cfg_steps_with_the_optimizer_state(runs, family, tmp_path):
+    cfg, first = runs(family)
+
+    # The optimizer state on disk is what load_optimizer restores.
+    ckpt = load_checkpoint(first.path)
+    opt = torch.optim.AdamW(ckpt.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    st = load_optimizer(first.path, opt)
+    assert st["step"] == 20
+    saved = load_file(str(first.path / "optimizer.safetensors"))
+    assert len(opt.state) == len(list(ckpt.model.parameters()))
+    for idx, p in enumerate(ckpt.model.parameters()):
+        assert float(opt.state[p]["step"]) == 20
+        torch.testing.assert_close(opt.state[p]["exp_avg"], saved[f"{idx}.exp_avg"], atol=0, rtol=0)
+
+    seen = []
+    result = train(replace(cfg, steps=30), tmp_path / "resumed", resume=first.path,
+                   progress=lambda step, total, m: seen.append((step, total)))
+    assert result.steps == 30
+    assert seen == [(s, 30) for s in range(21, 31)]
+    assert [h["step"] for h in result.history] == [10, 20, 30]
+    state = json.loads((tmp_path / "resumed" / "trainer_state.json").read_text())
+    assert state["step"] == 30
+    opt2 = torch.optim.AdamW(load_checkpoint(result.path).model.parameters())
+    load_optimizer(result.path, opt2)
+    assert {float(s["step"]) for s in opt2.state.values()} == {30.0}   # 20 restored + 10 new
+
+
+def test_resume_with_no_steps_left_keeps_the_weights(runs, tmp_path):
+    cfg, first = runs("lstm")
+    result = train(cfg, tmp_path / "again", resume=first.path)
+    assert result.steps == 20
+    a, b = load_file(str(first.path / "model.safetensors")), load_file(str(result.path / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_errors(runs, tmp_path):
+    cfg, first = runs("lstm")
+    with pytest.raises(SeqserveError, match="cannot resume a lstm checkpoint as gru"):
+        train(replace(cfg, family="gru"), tmp_path / "x", resume=first.path)
+    bare = tmp_path / "bare"
+    shutil.copytree(first.path, bare)
+    (bare / "optimizer.safetensors").unlink()
+    with pytest.raises(SeqserveError, match="cannot be resumed"):
+        train(cfg, tmp_path / "y", resume=bare)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+# --- truncated BPTT data order -------------------------------------------------------------------
+
+def _next_with_timeout(gen, seconds=10.0):
+    box = []
+    t = threading.Thread(target=lambda: box.append(next(gen)), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert box, "the batch generator did not yield (endless loop?)"
+    return box[0]
+
+
+def test_lanes_are_contiguous_and_reset_only_on_wrap_around():
+    B, T, L = 3, 4, 17
+    cfg = TrainConfig(batch_size=B, seq_len=T)
+    ids = torch.arange(B * L + 2)                       # 2 leftover tokens are dropped
+    lanes = torch.arange(B * L).view(B, L)
+    gen = _lanes(ids, cfg)
+    chunks = [next(gen) for _ in range(9)]
+    per_pass = (L - 1) // T                             # chunks of T inputs + 1 target: 4 here
+    assert per_pass == 4
+    for k, (x, y, reset) in enumerate(chunks):
+        pos = (k % per_pass) * T
+        assert torch.equal(x, lanes[:, pos: pos + T])
+        assert torch.equal(y, x + 1)                    # targets are the next tokens
+        assert reset == (k % per_pass == 0)             # the state starts over only when the lanes wrap
+        if k % per_pass:                                # each chunk continues the previous one
+            assert torch.equal(x[:, 0], chunks[k - 1][0][:, -1] + 1)
+
+
+def test_lanes_with_room_for_exactly_one_chunk():
+    B, T = 2, 8
+    cfg = TrainConfig(batch_size=B, seq_len=T)
+    gen = _lanes(torch.arange(B * (T + 1)), cfg)        # the smallest corpus train() accepts
+    x, y, reset = _next_with_timeout(gen)
+    assert x.shape == (B, T) and reset
+    x2, _, reset2 = _next_with_timeout(gen)
+    assert torch.equal(x, x2) and reset2
+
+
+def test_lanes_skip_resumes_where_a_run_stopped():
+    cfg = TrainConfig(batch_size=2, seq_len=3)
+    ids = torch.arange(2 * 13)                          # 4 chunks per pass
+    full = _lanes(ids, cfg)
+    chunks = [next(full) for _ in range(8)]
+    resumed = _lanes(ids, cfg, skip=6)                  # a run that stopped after 6 steps
+    for k in range(6, 8):
+        x, y, reset = next(resumed)
+        assert torch.equal(x, chunks[k][0]) and torch.equal(y, chunks[k][1])
+        assert reset == (k == 6)                        # fresh state at the resume point only
+    assert torch.equal(next(resumed)[0], chunks[0][0])  # then it wraps around as before
+
+
+def test_lanes_too_few_tokens_is_an_error():
+    with pytest.raises(SeqserveError, match="too few"):
+        next(_lanes(torch.arange(10), TrainConfig(batch_size=2, seq_len=8)))
+
+
+def test_windows_are_reproducible_and_in_range():
+    cfg = TrainConfig(batch_size=4, seq_len=8)
+    ids = torch.arange(9)                               # exactly one window fits
+    x, y, reset = _next_with_timeout(_windows(ids, cfg, seed=0))
+    assert torch.equal(x, torch.arange(8).expand(4, 8)) and torch.equal(y, x + 1) and not reset
+    ids = torch.arange(1000)
+    a, b = _windows(ids, cfg, seed=3), _windows(ids, cfg, seed=3)
+    for _ in range(3):
+        xa, ya, _ = next(a)
+        xb, _, _ = next(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, xa + 1)
+
+
+@torch.no_grad()
+def test_evaluate_carries_the_recurrent_state_across_chunks():
+    torch.manual_seed(0)
+    model = build_model("gru", make_config("gru", "tiny", 20)).eval()
+    cfg = TrainConfig(batch_size=2, seq_len=5, eval_batches=3)
+    ids = torch.randint(3, 20, (2 * 40,))
+    got = evaluate(model, ids, cfg, recurrent=True)
+    # The same three chunks read as one unbroken sequence per lane: equal only if state is carried.
+    lanes = ids.view(2, 40)
+    logits = model(lanes[:, :15])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 20), lanes[:, 1:16].reshape(-1))
+    assert got == pytest.approx(loss.item() / torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+
+
+def test_gpt_seq_len_longer_than_its_positions(tmp_path):
+    cfg = TrainConfig(family="gpt", seq_len=300, steps=1, batch_size=2, max_corpus_bytes=50_000)
+    with pytest.raises(SeqserveError, match="seq_len 300 is longer than the gpt model's max_seq_len 256"):
+        train(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field", ["batch_size", "seq_len", "eval_every", "eval_batches", "steps"])
+def test_train_config_rejects_nonsense(field):
+    with pytest.raises(SeqserveError, match=f"{field} must be >= "):
+        TrainConfig(**{field: -1})
+
+
+def test_corpus_too_small_for_the_batch(tmp_path):
+    f = tmp_path / "small.txt"
+    f.write_text("abcdefghij" * 30)
+    with pytest.raises(SeqserveError, match="corpus too small"):
+        train(TrainConfig(family="rnn", corpus=str(f), batch_size=32, seq_len=64, steps=1), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- load_checkpoint errors ----------------------------------------------------------------------
+
+@pytest.fixture
+def ckpt_copy(runs, tmp_path):
+    _, result = runs("lstm")
+    dst = tmp_path / "ckpt"
+    shutil.copytree(result.path, dst)
+    return dst
+
+
+def test_load_checkpoint_missing_folder(tmp_path):
+    with pytest.raises(SeqserveError, match="is not a folder"):
+        load_checkpoint(tmp_path / "missing")
+
+
+def test_load_checkpoint_missing_config(ckpt_copy):
+    (ckpt_copy / "config.json").unlink()
+    with pytest.raises(SeqserveError, match="has no config.json"):
+        load_checkpoint(ckpt_copy)
+
+
+@pytest.mark.parametrize("text, match", [("{not json", "is not valid JSON"),
+                                         ("[1, 2]", "expected an object"),
+                                         ('{"format": "other/1"}', "has format 'other/1'")])
+def test_load_checkpoint_bad_config_json(ckpt_copy, text, match):
+    (ckpt_copy / "config.json").write_text(text)
+    with pytest.raises(SeqserveError, match=match) as e:
+        load_checkpoint(ckpt_copy)
+    assert "config.json" in str(e.value)
+
+
+def test_load_checkpoint_truncated_weights(ckpt_copy):
+    w = ckpt_copy / "model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SeqserveError, match="corrupt") as e:
+        load_checkpoint(ckpt_copy)
+    assert "model.safetensors" in str(e.value)
+
+
+def test_load_checkpoint_missing_weights_or_tokenizer(ckpt_copy):
+    (ckpt_copy / "model.safetensors").unlink()
+    with pytest.raises(SeqserveError, match="has no model.safetensors"):
+        load_checkpoint(ckpt_copy)
+    (ckpt_copy / "tokenizer.json").unlink()
+    with pytest.raises(SeqserveError, match="has no tokenizer.json"):
+        load_checkpoint(ckpt_copy)
+
+
+def test_load_checkpoint_weights_that_do_not_fit_the_config(ckpt_copy):
+    cfg = json.loads((ckpt_copy / "config.json").read_text())
+    cfg["model"]["hidden_size"] = 32
+    (ckpt_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SeqserveError, match="model.safetensors"):
+        load_checkpoint(ckpt_copy)
+
+
+# --- atomic saves --------------------------------------------------------------------------------
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(ckpt_copy):
+    before = snapshot(ckpt_copy)
+    ckpt = load_checkpoint(ckpt_copy)
+    torch.nn.init.zeros_(ckpt.model.head.weight)          # different weights, and then ...
+    with pytest.raises(TypeError):                        # ... a training record JSON cannot hold
+        save_checkpoint(ckpt_copy, "lstm", ckpt.model, ckpt.tokenizer, {"bad": object()})
+    assert snapshot(ckpt_copy) == before
+    assert hidden_leftovers(ckpt_copy.parent) == []
+    load_checkpoint(ckpt_copy)
+
+
+def test_successful_save_replaces_the_checkpoint(ckpt_copy):
+    ckpt = load_checkpoint(ckpt_copy)
+    save_checkpoint(ckpt_copy, "lstm", ckpt.model, ckpt.tokenizer, {"note": "again"})
+    assert {p.name for p in ckpt_copy.iterdir()} == {"model.safetensors", "config.json", "tokenizer.json"}
+    assert read_checkpoint_info(ckpt_copy)["training"] == {"note": "again"}
+    assert hidden_leftovers(ckpt_copy.parent) == []
+
+
+def test_atomic_dir(tmp_path):
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target and not target.exists()
+        (tmp / "a.txt").write_text("one")
+    assert snapshot(target) == {"a.txt": b"one"}
+    assert (target.stat().st_mode & 0o777) == (0o777 & ~umask())
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_dir(target) as tmp:
+            (tmp / "b.txt").write_text("two")
+            raise RuntimeError("boom")
+    assert snapshot(target) == {"a.txt": b"one"}
+    assert hidden_leftovers(tmp_path) == []
+
+    with atomic_dir(target) as tmp:
+        (tmp / "c.txt").write_text("three")
+    assert snapshot(target) == {"c.txt": b"three"}
+    assert hidden_leftovers(tmp_path) == []
+
+
+def test_atomic_write_text(tmp_path):
+    f = tmp_path / "sub" / "report.json"
+    atomic_write_text(f, "first")
+    assert f.read_text() == "first"
+    assert (f.stat().st_mode & 0o777) == (0o666 & ~umask())
+    with pytest.raises(TypeError):
+        atomic_write_text(f, None)
+    assert f.read_text() == "first"
+    assert hidden_leftovers(f.parent) == []
