@@ -34,8 +34,10 @@ def command(
     for fam in names:
         console.print(Rule(f"{fam} ({preset})"))
         ckpt, exp = out / fam, out / f"{fam}-onnx"
+        # A GPT learns slower per second on 2 CPU cores than an LSTM: smaller batches give it more
+        # steps in the budget (measured: 395 steps, 3.5 bits/char in a minute vs 131 at batch 32).
         cfg = TrainConfig(family=fam, preset=preset, steps=100_000, minutes=minutes, eval_every=100,
-                          seq_len=128 if fam == "gpt" else 64, lr=1e-3 if fam == "gpt" else 3e-3)
+                          batch_size=16 if fam == "gpt" else 32, lr=2e-3 if fam == "gpt" else 3e-3)
         with progress_bar(TextColumn("{task.fields[m]}")) as bar:
             task = bar.add_task(f"train {fam} ({minutes:g} min)", total=None, m="")
             result = train(cfg, ckpt, progress=lambda s, t, m: bar.update(

@@ -15,7 +15,8 @@ def command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
-    tokens: Annotated[int, typer.Option(help="Greedy tokens that torch and ONNX Runtime must agree on.")] = 32,
+    tokens: Annotated[int, typer.Option(help="Generated tokens that torch and ONNX Runtime must agree on.")] = 32,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every row of every check, not just failures.")] = False,
 ):
     """Gate an export: ONNX checker, dynamic axes, torch vs ONNX Runtime, incremental == full, greedy tokens.
 
@@ -29,7 +30,7 @@ def command(
     with console.status("validating") as status:
         report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens),
                                  progress=lambda msg: status.update(msg))
-    render_report(report, console)
+    render_report(report, console, verbose)
     if json_out:
         atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
         console.print(f"report written to {json_out}")

@@ -185,6 +185,11 @@ def test_report_json_and_verdict():
     out = io.StringIO()
     render_report(good, Console(file=out, width=200, color_system=None))
     assert "PASSED" in out.getvalue().splitlines()[-1]
+    # A passing report shows only the summary; --verbose adds every row's table.
+    assert "(" + "1/1 passed)" not in out.getvalue()
+    out = io.StringIO()
+    render_report(good, Console(file=out, width=200, color_system=None), verbose=True)
+    assert " passed)" in out.getvalue()
 
 
 def test_real_report_round_trips_json(exported):
