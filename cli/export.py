@@ -22,8 +22,10 @@ def command(
     with console.status("exporting") as status:
         info = export_checkpoint(checkpoint, out, ExportOptions(opset=opset, exporter=exporter),
                                  progress=lambda msg: status.update(msg))
+    from rich.markup import escape
+
     step = info.spec.step
-    console.print(f"[green]exported[/] {info.family} to {info.path}: full.onnx, step.onnx "
+    console.print(f"[green]exported[/] {info.family} to {escape(str(info.path))}: full.onnx, step.onnx "
                   f"({len(step.state)} state tensors), seqserve.json "
                   f"[dim]({info.raw['export_options']['exporter']}, opset {info.raw['export_options']['opset']})[/]")
-    console.print(f"next: seqserve validate {info.path}")
+    console.print(f"next: seqserve validate {info.path}", markup=False, highlight=False)

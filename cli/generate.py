@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cli.common import console
+from cli.common import console, err_console
 
 
 def command(
@@ -49,7 +49,7 @@ def _stream_one(prompt: str, events) -> None:
         sys.stdout.flush()
         reason = ev.finish_reason or reason
     sys.stdout.write("\n")
-    console.print(f"[dim]({reason})[/]")
+    err_console.print(f"[dim]({reason})[/]")   # stderr: piped output is only the text
 
 
 def _stream_many(prompts: list[str], events) -> None:

@@ -16,7 +16,7 @@ def command(
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
     tokens: Annotated[int, typer.Option(help="Generated tokens that torch and ONNX Runtime must agree on.")] = 32,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every row of every check, not just failures.")] = False,
+    summary: Annotated[bool, typer.Option("--summary", help="Only the one-row-per-check summary (and failed rows).")] = False,
 ):
     """Gate an export: ONNX checker, dynamic axes, torch vs ONNX Runtime, incremental == full, greedy tokens.
 
@@ -24,15 +24,18 @@ def command(
     """
     import json
 
+    from seqserve.errors import SeqserveError
     from seqserve.io import atomic_write_text
     from seqserve.validate import ValidateConfig, render_report, validate_export
 
+    if json_out is not None and json_out.is_dir():
+        raise SeqserveError(f"--json {json_out} is a folder; expected a file path")
     with console.status("validating") as status:
         report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens),
                                  progress=lambda msg: status.update(msg))
-    render_report(report, console, verbose)
+    render_report(report, console, verbose=not summary)
     if json_out:
         atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
-        console.print(f"report written to {json_out}")
+        console.print(f"report written to {json_out}", markup=False, highlight=False)
     if not report.passed:
         raise typer.Exit(1)

@@ -35,7 +35,7 @@ class Checkpoint:
 
 def save_checkpoint(out: str | Path, family: str, model, tokenizer: Tokenizer, training: dict,
                     optimizer: torch.optim.Optimizer | None = None, trainer_state: dict | None = None) -> Path:
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "config.json") as tmp:
         save_model(model, str(tmp / "model.safetensors"))   # handles tied (shared) weights
         write_json(tmp / "config.json", {"format": FORMAT, "family": family,
                                          "model": asdict(model.config), "training": training})
@@ -73,7 +73,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model = build_model(info["family"], config_from_dict(info["family"], info["model"]))
     except FileNotFoundError:
         raise SeqserveError(f"checkpoint {path} has no tokenizer.json") from None
-    except (KeyError, TypeError, ValueError) as e:
+    except json.JSONDecodeError as e:
+        raise SeqserveError(f"checkpoint {path}/tokenizer.json is not valid JSON ({e.msg})") from None
+    except SeqserveError as e:
+        raise SeqserveError(f"checkpoint {path}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        # e.g. "model" not an object, a negative vocab_size (torch raises RuntimeError)
         raise SeqserveError(f"checkpoint {path} has a bad config or tokenizer: {e}") from None
     weights = path / "model.safetensors"
     if not weights.is_file():

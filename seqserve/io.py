@@ -7,8 +7,9 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
+
+from seqserve.errors import SeqserveError
 
 
 def _unique_sibling(target: Path, tag: str, make) -> Path:
@@ -27,39 +28,47 @@ def _unique_sibling(target: Path, tag: str, make) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path):
+def atomic_dir(target: str | Path, marker: str):
     """Yield a temporary folder beside `target`; on success it replaces `target` in one rename.
 
-    On any exception the temporary folder is removed and `target` is left as it was.
+    An existing `target` is replaced only if it is an empty folder or holds `marker` (the file
+    that says it is what we write: `seqserve.json`, `config.json`), so a mistyped --out never
+    deletes someone's data. On any exception the temporary folder is removed and `target` is left
+    as it was.
     """
     target = Path(target)
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / marker).is_file())):
+        what = "a file" if not target.is_dir() else f"a folder without {marker}"
+        raise SeqserveError(f"{target} exists and is {what}; refusing to replace it "
+                            "(choose another output path or remove it first)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _unique_sibling(target, "tmp", Path.mkdir)
+    old = None
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / "x")        # move aside, then swap in: two renames, no copy
-    try:
+        if target.exists():
+            old = _unique_sibling(target, "old", Path.mkdir)
+            os.replace(target, old / "x")        # move aside, then swap in: two renames, no copy
         os.replace(tmp, target)
     except BaseException:
-        if old is not None:
-            os.replace(old / "x", target)    # put the previous version back
-            shutil.rmtree(old, ignore_errors=True)
+        if old is not None and (old / "x").exists():
+            os.replace(old / "x", target)        # put the previous version back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _unique_sibling(path, "tmp", lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+    if path.is_dir():
+        raise SeqserveError(f"cannot write {path}: it is a folder; expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _unique_sibling(path, "tmp", lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
+    except OSError as e:
+        raise SeqserveError(f"cannot write {path}: {e.strerror}") from None
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

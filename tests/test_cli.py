@@ -79,7 +79,7 @@ def test_generate_batched_prompts(exported):
     res = run("generate", exported("lstm"), "--prompt", "def ", "--prompt", "import", "--max-tokens", "8",
               "--seed", "3")
     assert res.exit_code == 0, res.output
-    assert "import" in res.output and "length" in res.output
+    assert res.output.count("length") == 2          # both rows ran to max_tokens
 
 
 def test_resume_continues(checkpoint, tmp_path):
@@ -107,6 +107,7 @@ def test_unknown_family(tmp_path):
 
 def test_unknown_preset(tmp_path):
     _assert_one_line_error(run("train", "--family", "gru", "--preset", "huge", "--out", tmp_path / "x"), "huge", "tiny")
+    assert not (tmp_path / "x").exists()
 
 
 def test_missing_checkpoint(tmp_path):
@@ -120,9 +121,92 @@ def test_corrupt_checkpoint_keeps_previous_export(checkpoint, exported, tmp_path
     weights.write_bytes(weights.read_bytes()[:100])
     target = tmp_path / "export"
     shutil.copytree(exported("gru"), target)
-    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    before = _snapshot(target)
     _assert_one_line_error(run("export", bad, "--out", target), "model.safetensors")
-    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+    assert _snapshot(target) == before and "checkpoint/model.safetensors" in before
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_export_never_replaces_what_is_not_an_export(checkpoint, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    _assert_one_line_error(run("export", checkpoint("rnn"), "--out", precious), "refusing to replace")
+    assert (precious / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me too")
+    _assert_one_line_error(run("export", checkpoint("rnn"), "--out", a_file), "is a file")
+    assert a_file.read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "precious"]   # no leftovers
+
+
+def test_export_into_the_checkpoint_is_refused(checkpoint, tmp_path):
+    ckpt = shutil.copytree(checkpoint("rnn"), tmp_path / "ckpt")
+    before = _snapshot(ckpt)
+    for out in (ckpt, ckpt / "onnx"):
+        _assert_one_line_error(run("export", ckpt, "--out", out), "checkpoint folder")
+    assert _snapshot(ckpt) == before
+
+
+def test_export_copies_weights_but_not_optimizer_state(exported):
+    assert sorted(p.name for p in (exported("gru") / "checkpoint").iterdir()) == \
+        ["config.json", "model.safetensors", "tokenizer.json"]
+
+
+def test_unwritable_and_markup_paths_are_one_line_errors(exported, tmp_path):
+    _assert_one_line_error(run("validate", exported("rnn"), "--json", tmp_path), str(tmp_path))
+    odd = tmp_path / "a[/]b [bold]x[/bold]"
+    _assert_one_line_error(run("export", odd, "--out", tmp_path / "e"), "a[/]b [bold]x[/bold]")
+
+
+def test_wrongly_typed_json_fields(checkpoint, exported, tmp_path):
+    bad = shutil.copytree(checkpoint("lstm"), tmp_path / "ck")
+    (bad / "tokenizer.json").write_text("[1, 2]")
+    _assert_one_line_error(run("export", bad, "--out", tmp_path / "e1"), "tokenizer")
+    bad = shutil.copytree(checkpoint("lstm"), tmp_path / "ck2")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["model"] = [1]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    _assert_one_line_error(run("export", bad, "--out", tmp_path / "e2"), "bad config")
+    exp = shutil.copytree(exported("lstm"), tmp_path / "ex")
+    side = json.loads((exp / "seqserve.json").read_text())
+    side["tokenizer"] = "char"
+    (exp / "seqserve.json").write_text(json.dumps(side))
+    _assert_one_line_error(run("generate", exp, "--prompt", "def "), "seqserve.json")
+
+
+def test_sidecar_that_disagrees_with_its_graph(exported, tmp_path):
+    exp = shutil.copytree(exported("gru"), tmp_path / "ex")
+    side = json.loads((exp / "seqserve.json").read_text())
+    side["graphs"]["step"] = "full.onnx"
+    (exp / "seqserve.json").write_text(json.dumps(side))
+    _assert_one_line_error(run("generate", exp, "--prompt", "def "), "does not match the step graph")
+
+
+def test_sidecar_tokenizer_drift_fails_the_gate(exported, tmp_path):
+    exp = shutil.copytree(exported("lstm"), tmp_path / "ex")
+    side = json.loads((exp / "seqserve.json").read_text())
+    side["tokenizer"]["chars"] = side["tokenizer"]["chars"][:-5]
+    (exp / "seqserve.json").write_text(json.dumps(side))
+    res = run("validate", exp, "--summary", "--json", tmp_path / "r.json")
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is False and report["summary"]["sidecar"]["passed"] is False
+    assert report["summary"]["torch_vs_ort"]["passed"] is True     # the graphs themselves are fine
+
+
+def test_generate_status_goes_to_stderr_and_tiny_temperature_is_greedy(exported):
+    greedy = run("generate", exported("gru"), "--prompt", "def ", "--greedy", "--max-tokens", "12")
+    tiny = run("generate", exported("gru"), "--prompt", "def ", "--temperature", "1e-320", "--max-tokens", "12")
+    assert greedy.exit_code == tiny.exit_code == 0, tiny.output
+    assert "(length)" in greedy.stderr and "(length)" not in greedy.stdout
+    assert tiny.stdout == greedy.stdout
+    _assert_one_line_error(run("generate", exported("gru"), "--prompt", "def ", "--temperature", "nan"), "temperature")
+    _assert_one_line_error(run("generate", exported("gru"), "--prompt", "def ", "--threads", "-1"), "thread")
+    _assert_one_line_error(run("validate", exported("gru"), "--tokens", "0"), "tokens")
 
 
 def test_corrupt_config_json(checkpoint, tmp_path):

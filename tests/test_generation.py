@@ -97,11 +97,12 @@ def test_seed_determinism():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(max_tokens=0), "max_tokens must be >= 1"),
-    (dict(temperature=-0.1), "temperature must be >= 0"),
+    (dict(temperature=-0.1), "temperature must be a finite number >= 0"),
     (dict(top_k=-1), "top_k must be >= 0"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(stop=("ok", "")), "stop strings must not be empty"),
+        (dict(temperature=float("nan")), "temperature must be a finite number"),
 ])
 def test_sampling_params_validation(kwargs, match):
     with pytest.raises(SeqserveError, match=match):

@@ -176,7 +176,7 @@ def _build_export(family: str, config: BenchConfig, root: Path, progress):
     if progress:
         progress(f"exporting {family} ({config.preset}, random weights) with seqserve's export")
     # In a child process: the exporter leaves hundreds of thousands of objects and a grown heap
-    # behind, and a second in-process recurrent export can fail (see ENVIRONMENT.md); the timing
+    # behind, and a second in-process recurrent export can fail (measured with torch 2.13); the timing
     # process should look like a serving process that only loads the export.
     import seqserve
 

@@ -65,6 +65,10 @@ class Tokenizer:
 
     @staticmethod
     def from_json(d: dict) -> "Tokenizer":
+        if not isinstance(d, dict) or not isinstance(d.get("chars", []), list) \
+                or not all(isinstance(c, str) and len(c) == 1 for c in d.get("chars", [])):
+            raise SeqserveError("tokenizer JSON must be an object with 'kind' and a list of single "
+                                f"characters in 'chars'; got {str(d)[:60]}")
         if tuple(d.get("specials", SPECIALS)) != SPECIALS:
             raise SeqserveError(f"tokenizer specials {d.get('specials')} differ from {list(SPECIALS)}")
         return Tokenizer(d["kind"], tuple(d.get("chars", ())))

@@ -39,7 +39,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
     exporter, opset = DEFAULTS.get(ckpt.family, RECURRENT_DEFAULT)
     exporter, opset = options.exporter or exporter, options.opset or opset
     spec = ckpt.model.spec()
-    with atomic_dir(out) as tmp:
+    src, dst = ckpt.path.resolve(), Path(out).resolve()
+    if dst == src or src in dst.parents:
+        raise SeqserveError(f"--out {out} is the checkpoint folder or inside it; export to a separate folder")
+    with atomic_dir(out, SIDECAR) as tmp:
         for graph in (spec.full, spec.step):
             if progress:
                 progress(f"exporting {graph.name} graph ({exporter}, opset {opset})")
@@ -55,8 +58,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
                                     f"failed: {first} (try --exporter / --opset)") from None
             conform_dims(path, graph)
             onnx.checker.check_model(str(path), full_check=True)
-        shutil.copytree(ckpt.path, tmp / "checkpoint",
-                        ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
+        (tmp / "checkpoint").mkdir()
+        for name in ("config.json", "tokenizer.json", "model.safetensors"):   # no optimizer state
+            shutil.copy2(ckpt.path / name, tmp / "checkpoint" / name)
         write_json(tmp / SIDECAR, {
             "format": FORMAT,
             "family": ckpt.family,

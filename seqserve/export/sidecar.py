@@ -54,13 +54,16 @@ def load_export(path: str | Path) -> ExportInfo:
             raise SeqserveError(f"{side} holds a JSON {type(raw).__name__}; expected an object")
         if raw.get("format") != FORMAT:
             raise SeqserveError(f"{side} has format {raw.get('format')!r}; expected {FORMAT!r}")
-        info = ExportInfo(path, raw["family"], FamilySpec.from_json(raw["spec"]),
-                          Tokenizer.from_json(raw["tokenizer"]), raw)
+        try:
+            tokenizer = Tokenizer.from_json(raw["tokenizer"])
+        except SeqserveError as e:
+            raise SeqserveError(f"{side}: {e}") from None
+        info = ExportInfo(path, raw["family"], FamilySpec.from_json(raw["spec"]), tokenizer, raw)
         for g in ("full", "step"):
             if not info.graph_path(g).is_file():
                 raise SeqserveError(f"export {path} is missing its {g} graph {info.graph_path(g).name}")
     except json.JSONDecodeError as e:
         raise SeqserveError(f"{side} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise SeqserveError(f"{side} is missing or has a bad field: {e}") from None
     return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +24,8 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_tokens < 1:
             raise SeqserveError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise SeqserveError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise SeqserveError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise SeqserveError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -34,7 +35,8 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0
+        # Below ~1e-5, logits / temperature overflow float64 into inf - inf = NaN; the limit is argmax.
+        return self.greedy or self.temperature < 1e-5
 
 
 def filtered_probs(logits: np.ndarray, p: SamplingParams) -> np.ndarray:

@@ -25,6 +25,16 @@ class RuntimeOptions:
     graph_optimization: str = "all"  # "disable" | "basic" | "extended" | "all"
     io_binding: bool | None = None   # None: on for cuda, off for cpu (no gain measured on CPU)
 
+    def __post_init__(self):
+        if self.device not in ("cpu", "cuda"):
+            raise SeqserveError(f"unknown device {self.device!r}; expected cpu or cuda")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise SeqserveError(f"thread counts must be >= 0 (0 = ONNX Runtime's default), got "
+                                f"intra-op {self.intra_op_threads}, inter-op {self.inter_op_threads}")
+        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
+            raise SeqserveError(f"unknown graph optimization level {self.graph_optimization!r}; "
+                                "expected disable, basic, extended or all")
+
 
 def create_session(path: str | Path, options: RuntimeOptions = RuntimeOptions()):
     import onnxruntime as ort
@@ -69,6 +79,12 @@ class OrtBackend:
         self.spec: GraphSpec = export_info.graph(graph)
         self.options = options
         self.session = create_session(export_info.graph_path(graph), options)
+        got_in, got_out = ([t.name for t in ts] for ts in (self.session.get_inputs(), self.session.get_outputs()))
+        if set(got_in) != set(self.spec.input_names) or set(got_out) != set(self.spec.output_names):
+            raise SeqserveError(
+                f"{export_info.graph_path(graph).name} does not match the {graph} graph described in "
+                f"seqserve.json: it has inputs {got_in} and outputs {got_out}; expected "
+                f"{self.spec.input_names} and {self.spec.output_names}")
         use_binding = options.io_binding if options.io_binding is not None else options.device == "cuda"
         self._binding = self.session.io_binding() if use_binding else None
         self._device = "cuda" if options.device == "cuda" else "cpu"
@@ -117,10 +133,6 @@ class OrtBackend:
         import onnxruntime as ort
 
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device, 0)
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def physical_cores() -> int:

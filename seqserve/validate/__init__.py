@@ -2,6 +2,7 @@
 
     onnx_checker         onnx.checker (full_check) on each graph; unreadable files fail, not crash
     dynamic_axes         every axis the spec calls dynamic is dynamic in the ONNX file; names, dtypes
+    sidecar              seqserve.json's tokenizer and spec == the checkpoint's; vocabulary == logits
     torch_vs_ort         torch eager vs ONNX Runtime on the same random feeds, over a shape grid
     incremental_vs_full  step graph fed token by token / in chunks == the full graph, per position
     greedy_generation    greedy decoding through torch and ORT yields identical token ids
@@ -20,6 +21,7 @@ from seqserve.validate.target import Target
 _RUN = {
     "onnx_checker": (static.onnx_checker, "checking full.onnx and step.onnx with onnx.checker"),
     "dynamic_axes": (static.dynamic_axes, "checking graph inputs/outputs and dynamic axes against the spec"),
+    "sidecar": (static.sidecar, "checking seqserve.json against the checkpoint it ships"),
     "torch_vs_ort": (parity.torch_vs_ort, "comparing torch and ONNX Runtime outputs over the shape grid"),
     "incremental_vs_full": (parity.incremental_vs_full, "comparing step-by-step decoding with the full graph"),
     "greedy_generation": (parity.greedy_generation, "comparing greedy generation, torch vs ONNX Runtime"),

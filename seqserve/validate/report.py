@@ -9,14 +9,14 @@ from seqserve.validate.results import CHECKS, ValidationReport
 
 
 def render_report(report: ValidationReport, console, verbose: bool = False) -> None:
-    """A summary table (one row per check); then every row of each check that failed, or of
-    every check when verbose."""
+    """A table per check (only the checks that failed unless verbose), then a summary table with
+    one row per check, then the verdict."""
     names = [*CHECKS, *sorted({r.check for r in report.checks} - set(CHECKS))]
-    console.print(_summary_table(report, names))
     for name in names:
         rows = report.rows(name)
         if rows and (verbose or not all(r.passed for r in rows)):
             console.print(_check_table(name, rows))
+    console.print(_summary_table(report, names))
     failed = [r for r in report.checks if not r.passed]
     where = f"{escape(report.export)} ({escape(report.family)})"
     if report.passed:

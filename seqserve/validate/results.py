@@ -6,18 +6,28 @@ import math
 from dataclasses import asdict, dataclass
 
 # The checks, in the order they run (and are reported).
-CHECKS = ("onnx_checker", "dynamic_axes", "torch_vs_ort", "incremental_vs_full", "greedy_generation")
+CHECKS = ("onnx_checker", "dynamic_axes", "sidecar", "torch_vs_ort", "incremental_vs_full", "greedy_generation")
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    atol: float = 1e-4
+    atol: float = 1e-4                     # |ort - torch| <= atol + rtol * |torch|, elementwise
     rtol: float = 1e-3
-    batches: tuple[int, ...] = (1, 3)
+    batches: tuple[int, ...] = (1, 3)      # shape grid for torch_vs_ort
     sequences: tuple[int, ...] = (1, 5)
-    pasts: tuple[int, ...] = (0, 4)
-    generate_tokens: int = 32
+    pasts: tuple[int, ...] = (0, 4)        # KV-cache lengths (gpt)
+    generate_tokens: int = 32              # tokens torch and ORT must generate identically
     seed: int = 0
+
+    def __post_init__(self):
+        from seqserve.errors import SeqserveError
+
+        if not (self.atol >= 0 and self.rtol >= 0):
+            raise SeqserveError(f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
+        if self.generate_tokens < 1:
+            raise SeqserveError(f"tokens must be >= 1, got {self.generate_tokens}")
+        if min((*self.batches, *self.sequences), default=0) < 1 or min(self.pasts, default=0) < 0:
+            raise SeqserveError("the shape grid needs batch and sequence sizes >= 1 and past sizes >= 0")
 
 
 @dataclass

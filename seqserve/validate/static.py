@@ -101,3 +101,36 @@ def _axes_row(t: Target, g: str, spec: GraphSpec, case: str) -> CheckResult:
 
 def _dim(d) -> str:
     return str(d.dim_value) if d.HasField("dim_value") else (repr(d.dim_param) if d.dim_param else "unnamed")
+
+
+# 2b. sidecar -------------------------------------------------------------------------------------
+
+def sidecar(t: Target) -> list[CheckResult]:
+    """seqserve.json agrees with the weights it ships: tokenizer, vocabulary size, family spec.
+
+    Everything downstream (server, Triton configs, clients) trusts the sidecar; a tokenizer that
+    drifted from the checkpoint would decode the right ids into the wrong text.
+    """
+    import json
+
+    from seqserve.checkpoint import load_checkpoint
+    from seqserve.data import Tokenizer
+
+    info, rows = t.info, []
+    vocab = info.spec.full.output("logits").dims[-1]
+    rows.append(CheckResult("sidecar", "full+step", "tokenizer size == logits vocabulary",
+                            info.tokenizer.vocab_size == vocab,
+                            detail=f"tokenizer has {info.tokenizer.vocab_size} ids, logits have {vocab}"))
+
+    def against_checkpoint() -> list[CheckResult]:
+        ckpt_tok = Tokenizer.from_json(json.loads((info.checkpoint_path / "tokenizer.json").read_text()))
+        model = load_checkpoint(info.checkpoint_path).model
+        same_spec = model.spec() == info.spec
+        return [CheckResult("sidecar", "full+step", "tokenizer == checkpoint/tokenizer.json",
+                            ckpt_tok == info.tokenizer,
+                            detail="identical" if ckpt_tok == info.tokenizer else
+                            f"sidecar has {info.tokenizer.vocab_size} ids, the checkpoint {ckpt_tok.vocab_size}"),
+                CheckResult("sidecar", "full+step", "spec == checkpoint model's spec", same_spec,
+                            detail="identical" if same_spec else "tensor names, dims or state pairs differ")]
+
+    return rows + guarded("sidecar", "full+step", "against checkpoint/", against_checkpoint)
