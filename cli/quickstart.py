@@ -30,13 +30,17 @@ def command(
     from seqserve.training import TrainConfig, train
     from seqserve.validate import ValidateConfig, render_report, validate_export
 
-    names = [get_family(f.strip()).name for f in families.split(",") if f.strip()]
+    from seqserve.training.trainer import UNBOUNDED_STEPS
+
+    names = list(dict.fromkeys(get_family(f.strip()).name for f in families.split(",") if f.strip()))
+    if not names:
+        raise SeqserveError("--families must name at least one of rnn, lstm, gru, gpt")
     for fam in names:
         console.print(Rule(f"{fam} ({preset})"))
         ckpt, exp = out / fam, out / f"{fam}-onnx"
         # A GPT learns slower per second on 2 CPU cores than an LSTM: smaller batches give it more
         # steps in the budget (measured: 395 steps, 3.5 bits/char in a minute vs 131 at batch 32).
-        cfg = TrainConfig(family=fam, preset=preset, steps=100_000, minutes=minutes, eval_every=100,
+        cfg = TrainConfig(family=fam, preset=preset, steps=UNBOUNDED_STEPS, minutes=minutes, eval_every=100,
                           batch_size=16 if fam == "gpt" else 32, lr=2e-3 if fam == "gpt" else 3e-3)
         with progress_bar(TextColumn("{task.fields[m]}")) as bar:
             task = bar.add_task(f"train {fam} ({minutes:g} min)", total=None, m="")

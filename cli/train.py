@@ -9,59 +9,145 @@ import typer
 
 from cli.common import console, progress_bar
 
+# Defaults of a new run. The options default to None so that `--resume` can tell a flag given on
+# the command line (checked against the checkpoint, or applied) from one left out.
+DEFAULTS = dict(family="lstm", preset="tiny", batch_size=32, seq_len=64, lr=3e-3, clip=1.0, eval_every=50,
+                tokenizer="char", max_corpus_mb=4.0, seed=0)
+KEEP = "on --resume: must match the checkpoint"
+MAY_CHANGE = "on --resume: the checkpoint's unless given"
+
 
 def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write (replaced atomically).")],
-    family: Annotated[str, typer.Option(help="Model family: rnn, lstm, gru or gpt.")] = "lstm",
-    preset: Annotated[str, typer.Option(help="Size preset: tiny (tests) or small (demos).")] = "tiny",
-    corpus: Annotated[Optional[Path], typer.Option(help="Text file or folder. Default: the Python standard library's sources.")] = None,
-    steps: Annotated[int, typer.Option(help="Total optimizer steps.")] = 200,
-    minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes even if steps remain.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Parallel BPTT lanes (recurrent) or windows (gpt).")] = 32,
-    seq_len: Annotated[int, typer.Option(help="Truncated-BPTT chunk length / GPT window.")] = 64,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-3,
-    clip: Annotated[float, typer.Option(help="Max global gradient norm.")] = 1.0,
-    eval_every: Annotated[int, typer.Option(help="Steps between validation passes.")] = 50,
-    tokenizer: Annotated[str, typer.Option(help="char (vocabulary from the corpus) or byte (any UTF-8).")] = "char",
-    layers: Annotated[Optional[int], typer.Option(help="Override the preset's layer count (1-4 for recurrent).")] = None,
-    nonlinearity: Annotated[Optional[str], typer.Option(help="rnn only: tanh or relu.")] = None,
-    positional: Annotated[Optional[str], typer.Option(help="gpt only: learned or sinusoidal.")] = None,
-    tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", help="Share embedding and head weights.")] = None,
-    max_corpus_mb: Annotated[float, typer.Option(help="Read at most this much text.")] = 4.0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue training this checkpoint up to --steps.")] = None,
+    family: Annotated[Optional[str], typer.Option(help=f"Model family: rnn, lstm, gru or gpt. Default: lstm ({KEEP}).", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option(help=f"Size preset: tiny (tests) or small (demos). Default: tiny ({KEEP}).", show_default=False)] = None,
+    corpus: Annotated[Optional[Path], typer.Option(help=f"Text file or folder. Default: the Python standard library's sources ({KEEP}).", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total optimizer steps (>= 1; a resumed run continues up to it). Default: 200, or no step limit when only --minutes is given.", show_default=False)] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget in minutes. Alone: train until it runs out; with --steps: stop at whichever comes first.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Parallel BPTT lanes (recurrent) or windows (gpt). Default: 32 ({KEEP}).", show_default=False)] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=f"Truncated-BPTT chunk length / GPT window. Default: 64 ({KEEP}).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"AdamW learning rate (> 0). Default: 0.003 ({MAY_CHANGE}).", show_default=False)] = None,
+    clip: Annotated[Optional[float], typer.Option(help=f"Max global gradient norm (> 0). Default: 1.0 ({MAY_CHANGE}).", show_default=False)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validation passes. Default: 50 ({MAY_CHANGE}).", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help=f"char (vocabulary from the corpus) or byte (any UTF-8). Default: char ({KEEP}).", show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option(help=f"Override the preset's layer count (1-4 for recurrent) ({KEEP}).", show_default=False)] = None,
+    nonlinearity: Annotated[Optional[str], typer.Option(help=f"rnn only: tanh or relu. Default: tanh ({KEEP}).", show_default=False)] = None,
+    positional: Annotated[Optional[str], typer.Option(help=f"gpt only: learned or sinusoidal. Default: learned ({KEEP}).", show_default=False)] = None,
+    tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", help=f"Share embedding and head weights. Default: on for gpt, off for rnn/lstm/gru; tying a recurrent model widens its embedding to the preset's hidden size ({KEEP}).", show_default=False)] = None,
+    max_corpus_mb: Annotated[Optional[float], typer.Option(help=f"Read at most this much text. Default: 4.0 ({KEEP}).", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Random seed. Default: 0 ({MAY_CHANGE}).", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue training this checkpoint up to --steps (or for --minutes). Model and data flags must be left out or match it.", show_default=False)] = None,
 ):
-    """Train a character-level language model and save a checkpoint (safetensors + JSON)."""
+    """Train a character-level language model and save a checkpoint (safetensors + JSON).
+
+    Ctrl-C saves the checkpoint at the last finished step (resumable with --resume) and exits 130.
+    """
     from dataclasses import replace
 
     from seqserve.errors import SeqserveError
     from seqserve.models import get_family
-    from seqserve.training import TrainConfig, resume_config, train
+    from seqserve.training import TrainConfig, train
+    from seqserve.training.trainer import DEFAULT_STEPS, UNBOUNDED_STEPS, TrainingInterrupted
 
-    fam = get_family(family)
-    overrides = {"nonlinearity": nonlinearity, "positional": positional, "tie_weights": tie_weights}
-    if layers is not None:
-        overrides["n_layers" if family == "gpt" else "num_layers"] = layers
-    if nonlinearity and family != "rnn":
-        raise SeqserveError("--nonlinearity applies to --family rnn only")
-    if positional and family != "gpt":
-        raise SeqserveError("--positional applies to --family gpt only")
-    cfg = TrainConfig(family=fam.name, preset=preset, corpus=str(corpus) if corpus else None,
-                      max_corpus_bytes=int(max_corpus_mb * 1e6), tokenizer=tokenizer, steps=steps,
-                      minutes=minutes, batch_size=batch_size, seq_len=seq_len, lr=lr, clip=clip,
-                      eval_every=eval_every, seed=seed,
-                      model_overrides={k: v for k, v in overrides.items() if v is not None})
+    if max_corpus_mb is not None and not max_corpus_mb > 0:
+        raise SeqserveError(f"--max-corpus-mb must be > 0, got {max_corpus_mb}")
+    max_bytes = None if max_corpus_mb is None else max(int(max_corpus_mb * 1e6), 1)
+    changeable = {k: v for k, v in dict(lr=lr, clip=clip, eval_every=eval_every, seed=seed).items() if v is not None}
     if resume:
-        cfg = replace(resume_config(resume), steps=steps, minutes=minutes)
+        cfg, start = _resume_config(resume, dict(
+            family=family, preset=preset, corpus=corpus, batch_size=batch_size, seq_len=seq_len,
+            tokenizer=tokenizer, layers=layers, nonlinearity=nonlinearity, positional=positional,
+            tie_weights=tie_weights, max_corpus_bytes=max_bytes))
+        if steps is None and minutes is None and start >= DEFAULT_STEPS:
+            raise SeqserveError(f"checkpoint {resume} is already at step {start}; pass --steps greater than "
+                                f"{start} (the total to train up to) or --minutes")
+        if steps is not None and steps <= start:
+            raise SeqserveError(f"--steps {steps} is not greater than the checkpoint's step {start}; --steps is "
+                                f"the total to train up to, e.g. --steps {start + DEFAULT_STEPS}")
+        total = _total_steps(steps, minutes, DEFAULT_STEPS, UNBOUNDED_STEPS)
+        cfg = replace(cfg, steps=total, minutes=minutes, **changeable)
+    else:
+        start = 0
+        fam = get_family(family or DEFAULTS["family"])
+        if nonlinearity and fam.name != "rnn":
+            raise SeqserveError("--nonlinearity applies to --family rnn only")
+        if positional and fam.name != "gpt":
+            raise SeqserveError("--positional applies to --family gpt only")
+        overrides = {"nonlinearity": nonlinearity, "positional": positional, "tie_weights": tie_weights}
+        if layers is not None:
+            overrides["n_layers" if fam.name == "gpt" else "num_layers"] = layers
+        given = dict(preset=preset, batch_size=batch_size, seq_len=seq_len, tokenizer=tokenizer)
+        cfg = TrainConfig(family=fam.name, corpus=str(corpus) if corpus else None,
+                          max_corpus_bytes=max_bytes or int(DEFAULTS["max_corpus_mb"] * 1e6),
+                          steps=_total_steps(steps, minutes, DEFAULT_STEPS, UNBOUNDED_STEPS), minutes=minutes,
+                          model_overrides={k: v for k, v in overrides.items() if v is not None},
+                          **{k: DEFAULTS[k] if v is None else v for k, v in given.items()},
+                          **{k: changeable.get(k, DEFAULTS[k]) for k in ("lr", "clip", "eval_every", "seed")})
     from rich.progress import TextColumn
 
-    with progress_bar(TextColumn("{task.fields[metrics]}")) as bar:
-        task = bar.add_task(f"train {family}/{preset}", total=cfg.steps, metrics="")
+    try:
+        with progress_bar(TextColumn("{task.fields[metrics]}")) as bar:
+            task = bar.add_task(f"train {cfg.family}/{cfg.preset}", completed=start, metrics="",
+                                total=None if cfg.steps == UNBOUNDED_STEPS else cfg.steps)
 
-        def report(step, total, m):
-            text = f"train {m['train_bpc']:.3f} bpc" + (f"  val {m['val_bpc']:.3f} bpc" if "val_bpc" in m else "")
-            bar.update(task, completed=step, metrics=text)
+            def report(step, total, m):
+                text = f"train {m['train_bpc']:.3f} bpc" + (f"  val {m['val_bpc']:.3f} bpc" if "val_bpc" in m else "")
+                bar.update(task, completed=step, metrics=text)
 
-        result = train(cfg, out, resume=resume, progress=report)
+            result = train(cfg, out, resume=resume, progress=report)
+    except TrainingInterrupted as e:
+        if e.path is not None:
+            console.print(f"[yellow]interrupted:[/] checkpoint saved at step {e.step} to {e.path}; continue with "
+                          f"seqserve train --resume {e.path} --out {e.path} --steps N (or --minutes M)",
+                          highlight=False, soft_wrap=True)
+        else:
+            console.print("[yellow]interrupted[/] before the first step finished: nothing saved")
+        raise
     console.print(f"[green]saved[/] {result.path}  steps {result.steps}  validation {result.val_bpc:.3f} bits/char")
     console.print(f"next: seqserve export {result.path} --out {result.path}-onnx")
+
+
+def _total_steps(steps, minutes, default, unbounded) -> int:
+    if steps is not None:
+        return steps
+    return unbounded if minutes is not None else default
+
+
+def _resume_config(path: Path, given: dict):
+    """The checkpoint's TrainConfig and step; SeqserveError when a model/data flag contradicts it."""
+    from seqserve.checkpoint import read_checkpoint_info
+    from seqserve.errors import SeqserveError
+    from seqserve.models import get_family
+    from seqserve.training import resume_config
+    from seqserve.training.trainer import checkpoint_step
+
+    saved = resume_config(path)
+    model = read_checkpoint_info(path).get("model") or {}
+    gpt = saved.family == "gpt"
+    have = dict(
+        family=saved.family, preset=saved.preset, corpus=saved.corpus, batch_size=saved.batch_size,
+        seq_len=saved.seq_len, tokenizer=saved.tokenizer, layers=model.get("n_layers" if gpt else "num_layers"),
+        nonlinearity=model.get("nonlinearity"), positional=model.get("positional"),
+        tie_weights=model.get("tie_weights"), max_corpus_bytes=saved.max_corpus_bytes)
+    if given["family"] is not None:
+        given["family"] = get_family(given["family"]).name
+    if given["corpus"] is not None:
+        given["corpus"] = str(Path(given["corpus"]).expanduser().resolve())
+    conflicts = []
+    for key, value in given.items():
+        if value is None or value == have[key]:
+            continue
+        if key == "max_corpus_bytes":
+            flag, value, theirs = "--max-corpus-mb", value / 1e6, have[key] / 1e6
+        elif key == "tie_weights":
+            flag, value, theirs = "--tie-weights" if value else "--no-tie-weights", None, "tied" if have[key] else "untied"
+        else:
+            flag, theirs = "--" + key.replace("_", "-"), have[key]
+        if key == "corpus" and theirs is None:
+            theirs = "the Python standard library"
+        conflicts.append(f"{flag}{'' if value is None else f' {value}'} (checkpoint: {theirs})")
+    if conflicts:
+        raise SeqserveError(f"--resume keeps the checkpoint's model and data settings, and these differ: "
+                            f"{'; '.join(conflicts)}; leave them out (--steps, --minutes, --lr, --clip, "
+                            f"--eval-every and --seed may change)")
+    return saved, checkpoint_step(path)

@@ -178,9 +178,41 @@ def test_a_file_cut_inside_a_character_keeps_the_whole_characters(tmp_path):
         assert text.startswith(got) and len(text[: len(got)].encode()) > limit - 3
 
 
-def test_folder_without_a_validation_file(tmp_path):
-    (tmp_path / _name_in_split("t", False)).write_text("text " * 100)
-    with pytest.raises(SeqserveError, match="need a train and a validation part"):
+def _names_in_split(prefix: str, val: bool, n: int) -> list[str]:
+    names = [f"{prefix}{i}.txt" for i in range(1000) if (zlib.crc32(f"{prefix}{i}.txt".encode()) % 10 == 9) == val]
+    return names[:n]
+
+
+@pytest.mark.parametrize("val", [False, True])
+def test_folder_whose_files_all_fall_in_one_part_is_split_90_10(tmp_path, val):
+    # With a few files, all of them hash into the same part surprisingly often (5 files: ~59%).
+    names = _names_in_split("f", val, 4)
+    texts = [f"text of file {i}\n" * 30 for i in range(4)]
+    for name, text in zip(names, texts):
+        (tmp_path / name).write_text(text)
+    (tmp_path / "zz.bin").write_bytes(bytes(range(128, 256)) * 4)          # not text: skipped
+    c = load_corpus(tmp_path)
+    whole = "\n".join(t for _, t in sorted(zip(names, texts)))
+    cut = int(len(whole) * 0.9)
+    assert (c.train, c.val, c.files, c.source) == (whole[:cut], whole[cut:], 4, str(tmp_path))
+    assert load_corpus(tmp_path) == c
+    # The whole budget is used (not only the one part's share of it).
+    small = load_corpus(tmp_path, max_bytes=1_000)
+    assert 995 <= len((small.train + small.val).encode()) <= 1_000 + 4
+
+
+def test_folder_with_one_text_file(tmp_path):
+    (tmp_path / _name_in_split("t", True)).write_text("text " * 100)
+    c = load_corpus(tmp_path)
+    assert c.train + c.val == "text " * 100 and len(c.train) == 450 and c.files == 1
+
+
+def test_folder_without_enough_text(tmp_path):
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SeqserveError, match="holds 0 characters of UTF-8 text in 0 readable file"):
+        load_corpus(tmp_path)
+    (tmp_path / "a.txt").write_text("short")
+    with pytest.raises(SeqserveError, match="need at least 100"):
         load_corpus(tmp_path)
 
 

@@ -171,7 +171,50 @@ def test_untied_weights_are_separate(family):
 
 def test_tie_weights_needs_equal_widths():
     with pytest.raises(SeqserveError, match="embed_dim == hidden_size"):
-        make_config("lstm", "tiny", V, tie_weights=True)   # tiny: embed 32, hidden 64
+        make_config("lstm", "tiny", V, tie_weights=True, embed_dim=32)   # tiny: hidden 64
+    with pytest.raises(ValueError, match="embed_dim == hidden_size"):
+        RecurrentConfig(vocab_size=V, embed_dim=32, hidden_size=64, tie_weights=True)
+
+
+@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_tie_weights_widens_a_preset_embedding_to_the_hidden_size(family, preset):
+    # The presets have embed_dim < hidden_size: --tie-weights alone must still build.
+    c = make_config(family, preset, V, tie_weights=True)
+    assert c.tie_weights and c.embed_dim == c.hidden_size
+    assert make_config(family, preset, V, tie_weights=True, hidden_size=48).embed_dim == 48
+    assert make_config(family, preset, V).embed_dim < c.hidden_size       # untied: the preset's
+    model = build_model(family, c)
+    assert model.head.weight is model.embed.weight
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(n_layers=0), "n_layers must be >= 1, got 0"),
+    (dict(n_heads=0), "n_heads must be >= 1, got 0"),
+    (dict(n_heads=-2), "n_heads must be >= 1, got -2"),
+    (dict(d_model=0), "d_model must be >= 1, got 0"),
+    (dict(d_ff=0), "d_ff must be >= 1, got 0"),
+    (dict(max_seq_len=0), "max_seq_len must be >= 1, got 0"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+    (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
+    (dict(n_heads=3), "d_model 64 is not divisible by n_heads 3"),
+])
+def test_gpt_config_rejects_nonsense(overrides, match):
+    with pytest.raises(SeqserveError, match=f"bad gpt config: {match}"):
+        make_config("gpt", "tiny", V, **overrides)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(embed_dim=0), "embed_dim must be >= 1, got 0"),
+    (dict(hidden_size=0), "hidden_size must be >= 1, got 0"),
+    (dict(hidden_size=-5), "hidden_size must be >= 1, got -5"),
+    (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+    (dict(dropout=-0.5), r"dropout must be in \[0, 1\)"),
+])
+@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+def test_recurrent_config_rejects_nonsense(family, overrides, match):
+    with pytest.raises(SeqserveError, match=f"bad {family} config: {match}"):
+        make_config(family, "tiny", V, **overrides)
 
 
 @torch.no_grad()

@@ -335,20 +335,20 @@ def test_successful_save_replaces_the_checkpoint(ckpt_copy):
 
 def test_atomic_dir(tmp_path):
     target = tmp_path / "out"
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, "a.txt") as tmp:
         assert tmp.parent == tmp_path and tmp != target and not target.exists()
         (tmp / "a.txt").write_text("one")
     assert snapshot(target) == {"a.txt": b"one"}
     assert (target.stat().st_mode & 0o777) == (0o777 & ~umask())
 
     with pytest.raises(RuntimeError, match="boom"):
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, "a.txt") as tmp:
             (tmp / "b.txt").write_text("two")
             raise RuntimeError("boom")
     assert snapshot(target) == {"a.txt": b"one"}
     assert hidden_leftovers(tmp_path) == []
 
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, "a.txt") as tmp:
         (tmp / "c.txt").write_text("three")
     assert snapshot(target) == {"c.txt": b"three"}
     assert hidden_leftovers(tmp_path) == []

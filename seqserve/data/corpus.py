@@ -2,7 +2,8 @@
 
 The split is deterministic: a file goes to validation when the CRC32 of its relative path
 falls in the last tenth (the byte budget is shared 90/10 between the parts, so both get text);
-a single file is split at 90% of its length.
+a single file is split at 90% of its length, and so is the concatenation of a folder's files
+when they all fall into the same part.
 """
 
 from __future__ import annotations
@@ -71,9 +72,25 @@ def _from_files(root: Path, files: list[Path], max_bytes: int, source: str) -> C
         used += 1
         size[part] += len(text.encode("utf-8"))
     train, val = parts["train"], parts["val"]
-    if not train or not val:
-        raise SeqserveError(f"corpus {source} has too few readable text files ({used}); need a train and a validation part")
-    return Corpus("\n".join(train), "\n".join(val), source, used)
+    if any(train) and any(val):                         # both parts hold some text
+        return Corpus("\n".join(train), "\n".join(val), source, used)
+    # Every file with text hashed into the same part (likely with a handful of files): read them
+    # again with the whole budget and split their concatenation 90/10, as for a single file.
+    texts, size = [], 0
+    for f in files:
+        if size >= max_bytes:
+            break
+        try:
+            texts.append(_read(f, max_bytes - size))
+        except (UnicodeDecodeError, SeqserveError):
+            continue
+        size += len(texts[-1].encode("utf-8"))
+    text = "\n".join(texts)
+    if len(text) < 100:
+        raise SeqserveError(f"corpus {source} holds {len(text)} characters of UTF-8 text in {len(texts)} "
+                            f"readable file(s); need at least 100")
+    cut = int(len(text) * 0.9)
+    return Corpus(text[:cut], text[cut:], source, len(texts))
 
 
 def _read(path: Path, limit: int) -> str:

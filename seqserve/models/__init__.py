@@ -60,7 +60,12 @@ def make_config(family: str, preset: str, vocab_size: int, **overrides):
     fam = get_family(family)
     if preset not in fam.presets:
         raise SeqserveError(f"unknown preset {preset!r} for {family}; expected one of {', '.join(fam.presets)}")
-    fields = {**fam.presets[preset], **{k: v for k, v in overrides.items() if v is not None}, **fam.fixed}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    fields = {**fam.presets[preset], **overrides, **fam.fixed}
+    if fam.config_cls is RecurrentConfig and fields.get("tie_weights") and "embed_dim" not in overrides:
+        # Tying shares one (vocab, width) matrix between embedding and head, so both widths must
+        # match; the presets have a narrower embedding, which tying widens to hidden_size.
+        fields["embed_dim"] = fields.get("hidden_size", RecurrentConfig.hidden_size)
     try:
         return fam.config_cls(vocab_size=vocab_size, **fields)
     except (TypeError, ValueError) as e:

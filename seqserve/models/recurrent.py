@@ -24,11 +24,17 @@ class RecurrentConfig:
     num_layers: int = 2          # 1-4 stacked layers
     dropout: float = 0.0         # between recurrent layers (training only)
     nonlinearity: str = "tanh"   # vanilla RNN only: "tanh" | "relu"
-    tie_weights: bool = False    # share embedding and head weights (needs embed_dim == hidden_size)
+    tie_weights: bool = False    # share embedding and head weights (needs embed_dim == hidden_size;
+                                 # make_config sets embed_dim = hidden_size unless embed_dim is given)
 
     def __post_init__(self):
         if self.cell not in ("rnn", "lstm", "gru"):
             raise ValueError(f"cell must be rnn, lstm or gru, got {self.cell!r}")
+        for name in ("vocab_size", "embed_dim", "hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 1 <= self.num_layers <= 4:
             raise ValueError(f"num_layers must be 1-4, got {self.num_layers}")
         if self.nonlinearity not in ("tanh", "relu"):

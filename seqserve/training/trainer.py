@@ -21,6 +21,18 @@ from seqserve.data import Tokenizer, load_corpus
 from seqserve.errors import SeqserveError
 from seqserve.models import build_model, get_family, make_config
 
+DEFAULT_STEPS = 200
+UNBOUNDED_STEPS = 1_000_000_000   # "train until --minutes runs out": more steps than any budget allows
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training. `path`/`step`: the checkpoint saved at the last finished step,
+    or None when no step had finished (nothing was saved)."""
+
+    def __init__(self, path: Path | None, step: int | None):
+        super().__init__()
+        self.path, self.step = path, step
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -29,7 +41,7 @@ class TrainConfig:
     corpus: str | None = None        # None: the Python standard library's sources
     max_corpus_bytes: int = 4_000_000
     tokenizer: str = "char"          # "char" | "byte"
-    steps: int = 200                 # total optimizer steps (a resumed run continues up to it)
+    steps: int = DEFAULT_STEPS       # total optimizer steps (a resumed run continues up to it)
     minutes: float | None = None     # wall-clock budget; stops early when reached
     batch_size: int = 32             # parallel lanes (recurrent) / windows (gpt)
     seq_len: int = 64                # BPTT chunk / GPT context window
@@ -42,11 +54,19 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)   # e.g. {"num_layers": 3}
 
     def __post_init__(self):
-        for name in ("batch_size", "seq_len", "eval_every", "eval_batches"):
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise SeqserveError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0:
-            raise SeqserveError(f"steps must be >= 0, got {self.steps}")
+        # `not x > 0` (rather than `x <= 0`) also rejects NaN.
+        for name in ("lr", "clip", "max_corpus_bytes") + (("minutes",) if self.minutes is not None else ()):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise SeqserveError(f"{name} must be a number > 0, got {value}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise SeqserveError(f"weight_decay must be a number >= 0, got {self.weight_decay}")
+        if self.corpus is not None:
+            # Absolute, so that a checkpoint can be resumed from another working directory.
+            object.__setattr__(self, "corpus", str(Path(self.corpus).expanduser().resolve()))
 
 
 @dataclass
@@ -85,38 +105,52 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, p
     if resume:
         st = load_optimizer(resume, opt)
         start_step, history = st["step"], st.get("history", [])
+        for group in opt.param_groups:                 # the saved groups hold the old run's values
+            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
     batches = _lanes(train_ids, cfg, start_step) if fam.recurrent else _windows(train_ids, cfg, cfg.seed + start_step)
-    state, t0, step, loss_ema = None, time.monotonic(), start_step, None
+    state, t0, done_step, loss_ema = None, time.monotonic(), start_step, None
+
+    def save(val_bpc, **extra):
+        training = {"config": asdict(cfg), "steps": done_step, "val_bpc": val_bpc, "corpus": corpus.source,
+                    "corpus_files": corpus.files, "train_tokens": len(train_ids), **extra}
+        save_checkpoint(out, cfg.family, model.eval(), tok, training, opt, {"step": done_step, "history": history})
+
     model.train()
-    for step in range(start_step + 1, cfg.steps + 1):
-        x, y, reset = next(batches)
-        if fam.recurrent:
-            if state is None or reset:
-                state = model.initial_state(x.shape[0])
-            logits, state = model.step(x, state)
-            state = tuple(s.detach() for s in state)       # truncate BPTT at the chunk edge
-        else:
-            logits = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-        metrics = {"step": step, "train_bpc": loss_ema / math.log(2)}
-        done = cfg.minutes is not None and time.monotonic() - t0 > cfg.minutes * 60
-        if step % cfg.eval_every == 0 or step == cfg.steps or done:
-            metrics["val_bpc"] = evaluate(model, val_ids, cfg, fam.recurrent)
-            history.append(metrics)
-        if progress:
-            progress(step, cfg.steps, metrics)
-        if done:
-            break
+    try:
+        for step in range(start_step + 1, cfg.steps + 1):
+            x, y, reset = next(batches)
+            if fam.recurrent:
+                if state is None or reset:
+                    state = model.initial_state(x.shape[0])
+                logits, state = model.step(x, state)
+                state = tuple(s.detach() for s in state)       # truncate BPTT at the chunk edge
+            else:
+                logits = model(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            done_step = step
+            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+            metrics = {"step": step, "train_bpc": loss_ema / math.log(2)}
+            done = cfg.minutes is not None and time.monotonic() - t0 > cfg.minutes * 60
+            if step % cfg.eval_every == 0 or step == cfg.steps or done:
+                metrics["val_bpc"] = evaluate(model, val_ids, cfg, fam.recurrent)
+                history.append(metrics)
+            if progress:
+                progress(step, cfg.steps, metrics)
+            if done:
+                break
+    except KeyboardInterrupt:
+        # Keep what was trained: save the last finished step (resumable), then stop as asked.
+        if done_step == start_step:
+            raise TrainingInterrupted(None, None) from None
+        save(history[-1]["val_bpc"] if history else None, interrupted=True)
+        raise TrainingInterrupted(Path(out), done_step) from None
     val_bpc = history[-1]["val_bpc"] if history else evaluate(model, val_ids, cfg, fam.recurrent)
-    training = {"config": asdict(cfg), "steps": step, "val_bpc": val_bpc, "corpus": corpus.source,
-                "corpus_files": corpus.files, "train_tokens": len(train_ids)}
-    save_checkpoint(out, cfg.family, model.eval(), tok, training, opt, {"step": step, "history": history})
-    return TrainResult(Path(out), step, (loss_ema or 0) / math.log(2), val_bpc, history)
+    save(val_bpc)
+    return TrainResult(Path(out), done_step, (loss_ema or 0) / math.log(2), val_bpc, history)
 
 
 @torch.no_grad()
@@ -170,7 +204,12 @@ def _windows(ids: torch.Tensor, cfg: TrainConfig, seed: int):
 
 def resume_config(path: str | Path) -> TrainConfig:
     """The TrainConfig a checkpoint was trained with (to continue it with more steps)."""
-    cfg = read_checkpoint_info(path).get("training", {}).get("config")
+    cfg = (read_checkpoint_info(path).get("training") or {}).get("config")
     if not cfg:
         raise SeqserveError(f"checkpoint {path} has no training record to resume from")
     return TrainConfig(**cfg)
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a checkpoint was saved at (0 when it has no training record)."""
+    return int((read_checkpoint_info(path).get("training") or {}).get("steps") or 0)
