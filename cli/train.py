@@ -69,10 +69,7 @@ def command(
     else:
         start = 0
         fam = get_family(family or DEFAULTS["family"])
-        if nonlinearity and fam.name != "rnn":
-            raise SeqserveError("--nonlinearity applies to --family rnn only")
-        if positional and fam.name != "gpt":
-            raise SeqserveError("--positional applies to --family gpt only")
+        _check_family_flags(fam.name, nonlinearity, positional)
         overrides = {"nonlinearity": nonlinearity, "positional": positional, "tie_weights": tie_weights}
         if layers is not None:
             overrides["n_layers" if fam.name == "gpt" else "num_layers"] = layers
@@ -107,6 +104,15 @@ def command(
     console.print(f"next: seqserve export {result.path} --out {result.path}-onnx")
 
 
+def _check_family_flags(family: str, nonlinearity, positional) -> None:
+    from seqserve.errors import SeqserveError
+
+    if nonlinearity is not None and family != "rnn":
+        raise SeqserveError(f"--nonlinearity applies to --family rnn only, not {family}")
+    if positional is not None and family != "gpt":
+        raise SeqserveError(f"--positional applies to --family gpt only, not {family}")
+
+
 def _total_steps(steps, minutes, default, unbounded) -> int:
     if steps is not None:
         return steps
@@ -122,6 +128,7 @@ def _resume_config(path: Path, given: dict):
     from seqserve.training.trainer import checkpoint_step
 
     saved = resume_config(path)
+    _check_family_flags(saved.family, given["nonlinearity"], given["positional"])
     model = read_checkpoint_info(path).get("model") or {}
     gpt = saved.family == "gpt"
     have = dict(

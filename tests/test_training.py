@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import threading
@@ -14,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from seqserve.checkpoint import load_checkpoint, load_optimizer, read_checkpoint_info, save_checkpoint
-from seqserve.data import load_corpus
+from seqserve.data import SPECIALS, load_corpus
 from seqserve.errors import SeqserveError
 from seqserve.io import atomic_dir, atomic_write_text
 from seqserve.models import build_model, make_config
 from seqserve.training import TrainConfig, evaluate, resume_config, train
-from seqserve.training.trainer import _lanes, _windows
+from seqserve.training.trainer import TrainingInterrupted, _lanes, _windows
 
 CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors",
                     "trainer_state.json"}
@@ -245,6 +246,132 @@ def test_gpt_seq_len_longer_than_its_positions(tmp_path):
 def test_train_config_rejects_nonsense(field):
     with pytest.raises(SeqserveError, match=f"{field} must be >= "):
         TrainConfig(**{field: -1})
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("steps", 0, "steps must be >= 1, got 0"),                  # would save an untrained model
+    ("lr", 0.0, "lr must be a number > 0, got 0.0"),
+    ("lr", -1.0, "lr must be a number > 0, got -1.0"),          # AdamW's ValueError traceback before
+    ("lr", float("nan"), "lr must be a number > 0, got nan"),
+    ("clip", -1.0, "clip must be a number > 0, got -1.0"),      # silently flipped the gradients before
+    ("clip", 0.0, "clip must be a number > 0, got 0.0"),
+    ("weight_decay", -0.01, "weight_decay must be a number >= 0, got -0.01"),
+    ("minutes", 0.0, "minutes must be a number > 0, got 0.0"),
+    ("minutes", -2.0, "minutes must be a number > 0, got -2.0"),
+    ("max_corpus_bytes", 0, "max_corpus_bytes must be a number > 0, got 0"),
+])
+def test_train_config_rejects_bad_numbers(field, value, match):
+    with pytest.raises(SeqserveError, match=match):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_accepts_the_edges():
+    cfg = TrainConfig(steps=1, weight_decay=0.0, minutes=None, lr=1e-9, clip=1e-9, max_corpus_bytes=1)
+    assert cfg.minutes is None and cfg.weight_decay == 0.0
+
+
+def test_train_config_stores_the_corpus_path_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(corpus="texts/a.txt")
+    assert cfg.corpus == str(tmp_path / "texts" / "a.txt")
+    assert TrainConfig(**asdict(cfg)) == cfg                     # idempotent (resume_config)
+    assert TrainConfig().corpus is None                          # the stdlib
+
+
+def test_train_refuses_an_out_folder_it_could_not_replace_before_training(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    seen = []
+    with pytest.raises(SeqserveError, match="not a checkpoint"):
+        train(TrainConfig(family="lstm", **SHORT), out, progress=lambda *a: seen.append(a))
+    assert seen == [] and (out / "mine.txt").read_text() == "keep me"
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------------
+
+def _interrupt_at(k: int):
+    def progress(step, total, metrics):
+        if step == k:
+            raise KeyboardInterrupt
+    return progress
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_at_the_current_step(tmp_path):
+    cfg = TrainConfig(family="lstm", **SHORT)
+    with pytest.raises(KeyboardInterrupt) as e:                  # still raised: the CLI exits 130
+        train(cfg, tmp_path / "ck", progress=_interrupt_at(7))
+    assert isinstance(e.value, TrainingInterrupted)
+    assert (e.value.path, e.value.step) == (tmp_path / "ck", 7)
+    assert {p.name for p in (tmp_path / "ck").iterdir()} == CHECKPOINT_FILES
+    assert hidden_leftovers(tmp_path) == []
+    state = json.loads((tmp_path / "ck" / "trainer_state.json").read_text())
+    assert state["step"] == 7 and state["history"] == []        # eval_every 10: none yet
+    info = read_checkpoint_info(tmp_path / "ck")
+    assert info["training"]["steps"] == 7 and info["training"]["interrupted"] is True
+    assert resume_config(tmp_path / "ck") == cfg
+
+    # The saved weights and optimizer are those after step 7: the same as a 7-step run's.
+    ckpt = load_checkpoint(tmp_path / "ck")
+    opt = torch.optim.AdamW(ckpt.model.parameters())
+    load_optimizer(tmp_path / "ck", opt)
+    assert {float(s["step"]) for s in opt.state.values()} == {7.0}
+    seven = train(replace(cfg, steps=7), tmp_path / "seven")
+    a, b = load_file(str(tmp_path / "ck" / "model.safetensors")), load_file(str(seven.path / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # ... and the run goes on from there.
+    seen = []
+    result = train(cfg, tmp_path / "resumed", resume=tmp_path / "ck",
+                   progress=lambda step, total, m: seen.append(step))
+    assert seen == list(range(8, 21)) and result.steps == 20
+    assert [h["step"] for h in result.history] == [10, 20]
+
+
+def test_ctrl_c_while_resuming_saves_at_the_current_step(runs, tmp_path):
+    cfg, first = runs("gpt")                                     # at step 20
+    with pytest.raises(TrainingInterrupted) as e:
+        train(replace(cfg, steps=40), tmp_path / "ck", resume=first.path, progress=_interrupt_at(23))
+    assert e.value.step == 23
+    assert json.loads((tmp_path / "ck" / "trainer_state.json").read_text())["step"] == 23
+    result = train(replace(cfg, steps=25), tmp_path / "more", resume=tmp_path / "ck")
+    assert result.steps == 25 and [h["step"] for h in result.history] == [10, 20, 25]
+
+
+def test_resume_applies_a_new_learning_rate(runs, tmp_path):
+    cfg, first = runs("lstm")
+    saved = json.loads((first.path / "trainer_state.json").read_text())["optimizer"]["param_groups"]
+    assert {g["lr"] for g in saved} == {cfg.lr}
+    result = train(replace(cfg, steps=22, lr=1e-4, weight_decay=0.0), tmp_path / "r", resume=first.path)
+    groups = json.loads((result.path / "trainer_state.json").read_text())["optimizer"]["param_groups"]
+    assert {g["lr"] for g in groups} == {1e-4} and {g["weight_decay"] for g in groups} == {0.0}
+    assert resume_config(result.path).lr == 1e-4
+
+
+# --- the less-used paths, end to end: train, export, validate ------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, options", [
+    ("gru", dict(tokenizer="byte")),
+    ("gpt", dict(model_overrides={"positional": "sinusoidal"})),
+    ("rnn", dict(model_overrides={"nonlinearity": "relu"})),
+])
+def test_variants_train_export_and_pass_validation(family, options, tmp_path):
+    from seqserve.export import export_checkpoint
+    from seqserve.validate import validate_export
+
+    cfg = TrainConfig(family=family, **{**SHORT, "steps": 6, "eval_every": 3, "max_corpus_bytes": 300_000}, **options)
+    result = train(cfg, tmp_path / "ck")
+    assert result.steps == 6 and [h["step"] for h in result.history] == [3, 6]
+    assert all(math.isfinite(h["val_bpc"]) for h in result.history)
+    ckpt = load_checkpoint(result.path)
+    if cfg.tokenizer == "byte":
+        assert ckpt.tokenizer.kind == "byte" and ckpt.tokenizer.vocab_size == len(SPECIALS) + 256
+    for key, value in cfg.model_overrides.items():
+        assert getattr(ckpt.model.config, key) == value
+    info = export_checkpoint(result.path, tmp_path / "onnx")
+    report = validate_export(info.path)
+    assert report.passed, [c for c in report.checks if not c.passed]
 
 
 def test_corpus_too_small_for_the_batch(tmp_path):
