@@ -27,6 +27,14 @@ def _unique_sibling(target: Path, tag: str, make) -> Path:
             continue
 
 
+def check_replaceable(target: Path, marker: str) -> None:
+    """Fail unless `target` is absent, an empty folder, or a folder holding `marker`."""
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / marker).is_file())):
+        what = "a file" if not target.is_dir() else f"a folder without {marker}"
+        raise SeqserveError(f"{target} exists and is {what}; refusing to replace it "
+                            "(choose another output path or remove it first)")
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, marker: str):
     """Yield a temporary folder beside `target`; on success it replaces `target` in one rename.
@@ -37,10 +45,7 @@ def atomic_dir(target: str | Path, marker: str):
     as it was.
     """
     target = Path(target)
-    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / marker).is_file())):
-        what = "a file" if not target.is_dir() else f"a folder without {marker}"
-        raise SeqserveError(f"{target} exists and is {what}; refusing to replace it "
-                            "(choose another output path or remove it first)")
+    check_replaceable(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _unique_sibling(target, "tmp", Path.mkdir)
     old = None

@@ -283,7 +283,7 @@ def test_train_refuses_an_out_folder_it_could_not_replace_before_training(tmp_pa
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     seen = []
-    with pytest.raises(SeqserveError, match="not a checkpoint"):
+    with pytest.raises(SeqserveError, match="without config.json; refusing to replace it"):
         train(TrainConfig(family="lstm", **SHORT), out, progress=lambda *a: seen.append(a))
     assert seen == [] and (out / "mine.txt").read_text() == "keep me"
 

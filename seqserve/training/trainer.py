@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from seqserve.checkpoint import load_checkpoint, load_optimizer, read_checkpoint_info, save_checkpoint
 from seqserve.data import Tokenizer, load_corpus
 from seqserve.errors import SeqserveError
+from seqserve.io import check_replaceable
 from seqserve.models import build_model, get_family, make_config
 
 DEFAULT_STEPS = 200
@@ -81,7 +82,7 @@ class TrainResult:
 def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, progress=None) -> TrainResult:
     """Train and save a checkpoint folder at `out`. `progress(step, total, metrics)` is called often."""
     fam = get_family(cfg.family)
-    _check_out(Path(out))
+    check_replaceable(Path(out), "config.json")   # fail now, not at the save after the run
     torch.manual_seed(cfg.seed)
     corpus = load_corpus(cfg.corpus, cfg.max_corpus_bytes)
     start_step, history = 0, []
@@ -152,14 +153,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, p
     val_bpc = history[-1]["val_bpc"] if history else evaluate(model, val_ids, cfg, fam.recurrent)
     save(val_bpc)
     return TrainResult(Path(out), done_step, (loss_ema or 0) / math.log(2), val_bpc, history)
-
-
-def _check_out(out: Path) -> None:
-    # The save at the end replaces `out` only if it is empty or a checkpoint (seqserve.io.atomic_dir);
-    # say so now rather than after the whole run.
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file())):
-        what = "a file" if not out.is_dir() else "a folder that is not a checkpoint (no config.json)"
-        raise SeqserveError(f"output {out} exists and is {what}; choose another --out or remove it first")
 
 
 @torch.no_grad()
