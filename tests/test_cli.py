@@ -10,17 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import COMMANDS, app
+from cli.main import COMMANDS
 from seqserve.models import FAMILIES
 
-runner = CliRunner()
+from cli_helpers import assert_one_line_error, run
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def test_help_lists_every_command():
@@ -91,27 +87,18 @@ def test_resume_continues(checkpoint, tmp_path):
 
 # --- bad input: one line naming what was wrong and what was expected, exit 2, nothing overwritten ---
 
-def _assert_one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert lines[-1].startswith("error:"), res.output
-    for w in words:
-        assert w in res.output, res.output
-
-
 def test_unknown_family(tmp_path):
-    _assert_one_line_error(run("train", "--family", "lstmx", "--out", tmp_path / "x"), "lstmx", "rnn, lstm, gru, gpt")
+    assert_one_line_error(run("train", "--family", "lstmx", "--out", tmp_path / "x"), "lstmx", "rnn, lstm, gru, gpt")
     assert not (tmp_path / "x").exists()
 
 
 def test_unknown_preset(tmp_path):
-    _assert_one_line_error(run("train", "--family", "gru", "--preset", "huge", "--out", tmp_path / "x"), "huge", "tiny")
+    assert_one_line_error(run("train", "--family", "gru", "--preset", "huge", "--out", tmp_path / "x"), "huge", "tiny")
     assert not (tmp_path / "x").exists()
 
 
 def test_missing_checkpoint(tmp_path):
-    _assert_one_line_error(run("export", tmp_path / "nope", "--out", tmp_path / "e"), "nope", "seqserve train")
+    assert_one_line_error(run("export", tmp_path / "nope", "--out", tmp_path / "e"), "nope", "seqserve train")
 
 
 def test_corrupt_checkpoint_keeps_previous_export(checkpoint, exported, tmp_path):
@@ -122,7 +109,7 @@ def test_corrupt_checkpoint_keeps_previous_export(checkpoint, exported, tmp_path
     target = tmp_path / "export"
     shutil.copytree(exported("gru"), target)
     before = _snapshot(target)
-    _assert_one_line_error(run("export", bad, "--out", target), "model.safetensors")
+    assert_one_line_error(run("export", bad, "--out", target), "model.safetensors")
     assert _snapshot(target) == before and "checkpoint/model.safetensors" in before
 
 
@@ -134,11 +121,11 @@ def test_export_never_replaces_what_is_not_an_export(checkpoint, tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    _assert_one_line_error(run("export", checkpoint("rnn"), "--out", precious), "refusing to replace")
+    assert_one_line_error(run("export", checkpoint("rnn"), "--out", precious), "refusing to replace")
     assert (precious / "notes.txt").read_text() == "keep me"
     a_file = tmp_path / "file.txt"
     a_file.write_text("keep me too")
-    _assert_one_line_error(run("export", checkpoint("rnn"), "--out", a_file), "is a file")
+    assert_one_line_error(run("export", checkpoint("rnn"), "--out", a_file), "is a file")
     assert a_file.read_text() == "keep me too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "precious"]   # no leftovers
 
@@ -147,7 +134,7 @@ def test_export_into_the_checkpoint_is_refused(checkpoint, tmp_path):
     ckpt = shutil.copytree(checkpoint("rnn"), tmp_path / "ckpt")
     before = _snapshot(ckpt)
     for out in (ckpt, ckpt / "onnx"):
-        _assert_one_line_error(run("export", ckpt, "--out", out), "checkpoint folder")
+        assert_one_line_error(run("export", ckpt, "--out", out), "checkpoint folder")
     assert _snapshot(ckpt) == before
 
 
@@ -157,25 +144,25 @@ def test_export_copies_weights_but_not_optimizer_state(exported):
 
 
 def test_unwritable_and_markup_paths_are_one_line_errors(exported, tmp_path):
-    _assert_one_line_error(run("validate", exported("rnn"), "--json", tmp_path), str(tmp_path))
+    assert_one_line_error(run("validate", exported("rnn"), "--json", tmp_path), str(tmp_path))
     odd = tmp_path / "a[/]b [bold]x[/bold]"
-    _assert_one_line_error(run("export", odd, "--out", tmp_path / "e"), "a[/]b [bold]x[/bold]")
+    assert_one_line_error(run("export", odd, "--out", tmp_path / "e"), "a[/]b [bold]x[/bold]")
 
 
 def test_wrongly_typed_json_fields(checkpoint, exported, tmp_path):
     bad = shutil.copytree(checkpoint("lstm"), tmp_path / "ck")
     (bad / "tokenizer.json").write_text("[1, 2]")
-    _assert_one_line_error(run("export", bad, "--out", tmp_path / "e1"), "tokenizer")
+    assert_one_line_error(run("export", bad, "--out", tmp_path / "e1"), "tokenizer")
     bad = shutil.copytree(checkpoint("lstm"), tmp_path / "ck2")
     cfg = json.loads((bad / "config.json").read_text())
     cfg["model"] = [1]
     (bad / "config.json").write_text(json.dumps(cfg))
-    _assert_one_line_error(run("export", bad, "--out", tmp_path / "e2"), "bad config")
+    assert_one_line_error(run("export", bad, "--out", tmp_path / "e2"), "bad config")
     exp = shutil.copytree(exported("lstm"), tmp_path / "ex")
     side = json.loads((exp / "seqserve.json").read_text())
     side["tokenizer"] = "char"
     (exp / "seqserve.json").write_text(json.dumps(side))
-    _assert_one_line_error(run("generate", exp, "--prompt", "def "), "seqserve.json")
+    assert_one_line_error(run("generate", exp, "--prompt", "def "), "seqserve.json")
 
 
 def test_sidecar_that_disagrees_with_its_graph(exported, tmp_path):
@@ -183,7 +170,7 @@ def test_sidecar_that_disagrees_with_its_graph(exported, tmp_path):
     side = json.loads((exp / "seqserve.json").read_text())
     side["graphs"]["step"] = "full.onnx"
     (exp / "seqserve.json").write_text(json.dumps(side))
-    _assert_one_line_error(run("generate", exp, "--prompt", "def "), "does not match the step graph")
+    assert_one_line_error(run("generate", exp, "--prompt", "def "), "does not match the step graph")
 
 
 def test_sidecar_tokenizer_drift_fails_the_gate(exported, tmp_path):
@@ -204,41 +191,41 @@ def test_generate_status_goes_to_stderr_and_tiny_temperature_is_greedy(exported)
     assert greedy.exit_code == tiny.exit_code == 0, tiny.output
     assert "(length)" in greedy.stderr and "(length)" not in greedy.stdout
     assert tiny.stdout == greedy.stdout
-    _assert_one_line_error(run("generate", exported("gru"), "--prompt", "def ", "--temperature", "nan"), "temperature")
-    _assert_one_line_error(run("generate", exported("gru"), "--prompt", "def ", "--threads", "-1"), "thread")
-    _assert_one_line_error(run("validate", exported("gru"), "--tokens", "0"), "tokens")
+    assert_one_line_error(run("generate", exported("gru"), "--prompt", "def ", "--temperature", "nan"), "temperature")
+    assert_one_line_error(run("generate", exported("gru"), "--prompt", "def ", "--threads", "-1"), "thread")
+    assert_one_line_error(run("validate", exported("gru"), "--tokens", "0"), "tokens")
 
 
 def test_corrupt_config_json(checkpoint, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(checkpoint("rnn"), bad)
     (bad / "config.json").write_text("{not json")
-    _assert_one_line_error(run("export", bad, "--out", tmp_path / "e"), "config.json", "JSON")
+    assert_one_line_error(run("export", bad, "--out", tmp_path / "e"), "config.json", "JSON")
 
 
 def test_missing_sidecar(exported, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(exported("rnn"), bad)
     (bad / "seqserve.json").unlink()
-    _assert_one_line_error(run("generate", bad, "--prompt", "a"), "seqserve.json")
-    _assert_one_line_error(run("validate", bad), "seqserve.json")
+    assert_one_line_error(run("generate", bad, "--prompt", "a"), "seqserve.json")
+    assert_one_line_error(run("validate", bad), "seqserve.json")
 
 
 def test_non_onnx_graph(exported, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(exported("lstm"), bad)
     (bad / "step.onnx").write_bytes(b"this is not an onnx file")
-    _assert_one_line_error(run("generate", bad, "--prompt", "def "), "step.onnx")
+    assert_one_line_error(run("generate", bad, "--prompt", "def "), "step.onnx")
     res = run("validate", bad)
     assert res.exit_code == 1 and "Traceback" not in res.output
 
 
 def test_prompt_outside_vocabulary(exported):
-    _assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def \u2603"), "vocabulary", "'\u2603'")
+    assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def \u2603"), "vocabulary", "'\u2603'")
 
 
 def test_bad_sampling_values(exported):
-    _assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", "--top-p", "1.5"), "top_p")
+    assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", "--top-p", "1.5"), "top_p")
 
 
 def test_cuda_without_gpu_is_explained(exported):
@@ -246,4 +233,4 @@ def test_cuda_without_gpu_is_explained(exported):
 
     if "CUDAExecutionProvider" in ort.get_available_providers() and shutil.which("nvidia-smi"):
         pytest.skip("a GPU is present")
-    _assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", "--device", "cuda"), "CUDA")
+    assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", "--device", "cuda"), "CUDA")

@@ -11,28 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.main import app
 from seqserve.checkpoint import load_checkpoint, read_checkpoint_info
 from seqserve.training import resume_config
 from seqserve.training.trainer import UNBOUNDED_STEPS
 
-runner = CliRunner()
+from cli_helpers import assert_one_line_error, run
+
 FAST = ("--preset", "tiny", "--batch-size", "8", "--seq-len", "32", "--max-corpus-mb", "0.3")
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(res, *words):
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
-    assert lines[-1].startswith("error:"), res.output
-    for w in words:
-        assert w in res.output, res.output
 
 
 def help_text(command: str) -> str:
