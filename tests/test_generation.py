@@ -348,6 +348,20 @@ def test_cuda_without_a_gpu_says_it_fell_back(exported):
         OrtBackend(info, options=RuntimeOptions(device="cuda"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_usable(), reason="needs an NVIDIA GPU and onnxruntime-gpu's CUDA provider")
+@pytest.mark.parametrize("family", ["gpt", "lstm"])
+def test_cuda_io_binding_matches_cpu(exported, family):
+    # On CUDA the state stays on the device between steps (I/O binding); tokens must not change.
+    info = load_export(exported(family))
+    params = SamplingParams(max_tokens=24, greedy=True, stop_at_eos=False)
+    prompts = ["def ", "import os\n"]
+    cpu = generate_text(OrtBackend(info), info.tokenizer, prompts, params, info.max_context)
+    gpu = generate_text(OrtBackend(info, options=RuntimeOptions(device="cuda")), info.tokenizer, prompts, params,
+                        info.max_context)
+    assert [c.tokens for c in gpu] == [c.tokens for c in cpu]
+
+
 def test_unknown_device_and_backend(exported):
     info = load_export(exported("rnn"))
     with pytest.raises(SeqserveError, match="unknown device 'tpu'"):
