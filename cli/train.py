@@ -11,7 +11,7 @@ from cli.common import console, progress_bar
 
 # Defaults of a new run. The options default to None so that `--resume` can tell a flag given on
 # the command line (checked against the checkpoint, or applied) from one left out.
-DEFAULTS = dict(family="lstm", preset="tiny", batch_size=32, seq_len=64, lr=3e-3, clip=1.0, eval_every=50,
+DEFAULTS = dict(family="lstm", preset="tiny", batch_size=32, seq_len=64, lr=None, clip=1.0, eval_every=50,
                 tokenizer="char", max_corpus_mb=4.0, seed=0)
 KEEP = "on --resume: must match the checkpoint"
 MAY_CHANGE = "on --resume: the checkpoint's unless given"
@@ -26,7 +26,7 @@ def command(
     minutes: Annotated[Optional[float], typer.Option(help="Wall-clock budget in minutes. Alone: train until it runs out; with --steps: stop at whichever comes first.", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Parallel BPTT lanes (recurrent) or windows (gpt). Default: 32 ({KEEP}).", show_default=False)] = None,
     seq_len: Annotated[Optional[int], typer.Option(help=f"Truncated-BPTT chunk length / GPT window. Default: 64 ({KEEP}).", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"AdamW learning rate (> 0). Default: 0.003 ({MAY_CHANGE}).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help=f"AdamW learning rate (> 0). Default: 0.003 for rnn/lstm/gru, 0.0005 for gpt ({MAY_CHANGE}).", show_default=False)] = None,
     clip: Annotated[Optional[float], typer.Option(help=f"Max global gradient norm (> 0). Default: 1.0 ({MAY_CHANGE}).", show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help=f"Steps between validation passes. Default: 50 ({MAY_CHANGE}).", show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help=f"char (vocabulary from the corpus) or byte (any UTF-8). Default: char ({KEEP}).", show_default=False)] = None,

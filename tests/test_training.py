@@ -379,3 +379,12 @@ def test_corpus_too_small_for_the_batch(tmp_path):
     with pytest.raises(SeqserveError, match="corpus too small"):
         train(TrainConfig(family="rnn", corpus=str(f), batch_size=32, seq_len=64, steps=1), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_learning_rate_defaults_per_family():
+    from seqserve.models import FAMILIES
+
+    assert TrainConfig(family="gpt").lr == FAMILIES["gpt"].default_lr == 5e-4
+    assert TrainConfig(family="lstm").lr == FAMILIES["lstm"].default_lr == 3e-3
+    assert TrainConfig(family="gpt", lr=1e-2).lr == 1e-2
+    assert TrainConfig(**asdict(TrainConfig(family="gpt"))).lr == 5e-4     # what resume_config rebuilds

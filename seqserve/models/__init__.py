@@ -28,6 +28,7 @@ class Family:
     presets: dict[str, dict]              # preset name -> config fields (vocab_size comes from data)
     fixed: dict = dataclasses.field(default_factory=dict)  # fields the family pins (cell=...)
     recurrent: bool = True                # trained with truncated BPTT, state carried
+    default_lr: float = 3e-3              # AdamW learning rate when the user gives none
 
 
 _RNN_PRESETS = {
@@ -46,6 +47,9 @@ FAMILIES: dict[str, Family] = {
             "small": dict(d_model=256, n_heads=4, n_layers=4, d_ff=1024, max_seq_len=2048, dropout=0.1),
         },
         recurrent=False,
+        # Measured, small preset, 1 minute on 2 cores: 2.6 bits/char at 5e-4 vs 3.0 at 1e-3 and
+        # 3.4 at 2e-3 (no warmup schedule: higher rates stall on the unigram plateau).
+        default_lr=5e-4,
     ),
 }
 

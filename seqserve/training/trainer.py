@@ -46,7 +46,7 @@ class TrainConfig:
     minutes: float | None = None     # wall-clock budget; stops early when reached
     batch_size: int = 32             # parallel lanes (recurrent) / windows (gpt)
     seq_len: int = 64                # BPTT chunk / GPT context window
-    lr: float = 3e-3
+    lr: float | None = None          # AdamW learning rate; None: the family's default_lr
     weight_decay: float = 0.01
     clip: float = 1.0                # max global gradient norm
     eval_every: int = 50             # steps between validation passes
@@ -55,6 +55,8 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)   # e.g. {"num_layers": 3}
 
     def __post_init__(self):
+        if self.lr is None:
+            object.__setattr__(self, "lr", get_family(self.family).default_lr)
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise SeqserveError(f"{name} must be >= 1, got {getattr(self, name)}")
