@@ -46,7 +46,8 @@ def command(
             task = bar.add_task(f"train {fam} ({minutes:g} min)", total=None, m="")
             result = train(cfg, ckpt, progress=lambda s, t, m: bar.update(
                 task, completed=s, m=f"{m['train_bpc']:.2f} bpc"))
-        console.print(f"trained {result.steps} steps: validation {result.val_bpc:.3f} bits/char -> {ckpt}")
+        console.print(f"trained {result.steps} steps: validation {result.val_bpc:.3f} bits/char -> {ckpt}",
+                      markup=False, highlight=False)
         with console.status(f"exporting {fam}"):
             info = export_checkpoint(ckpt, exp)
         report = validate_export(exp, ValidateConfig())
@@ -61,4 +62,4 @@ def command(
     console.print(Rule("done"))
     console.print(f"exports are in {out}/. Try:\n"
                   f"  seqserve generate {out}/{names[-1]}-onnx --prompt 'import ' --greedy\n"
-                  f"  seqserve validate {out}/{names[-1]}-onnx --json report.json")
+                  f"  seqserve validate {out}/{names[-1]}-onnx --json report.json", markup=False, highlight=False)

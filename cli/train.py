@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rich.markup import escape
+
 from cli.common import console, progress_bar
 
 # Defaults of a new run. The options default to None so that `--resume` can tell a flag given on
@@ -94,14 +96,15 @@ def command(
             result = train(cfg, out, resume=resume, progress=report)
     except TrainingInterrupted as e:
         if e.path is not None:
-            console.print(f"[yellow]interrupted:[/] checkpoint saved at step {e.step} to {e.path}; continue with "
-                          f"seqserve train --resume {e.path} --out {e.path} --steps N (or --minutes M)",
+            console.print(f"[yellow]interrupted:[/] checkpoint saved at step {e.step} to {escape(str(e.path))}; continue with "
+                          f"seqserve train --resume {escape(str(e.path))} --out {escape(str(e.path))} --steps N (or --minutes M)",
                           highlight=False, soft_wrap=True)
         else:
             console.print("[yellow]interrupted[/] before the first step finished: nothing saved")
         raise
-    console.print(f"[green]saved[/] {result.path}  steps {result.steps}  validation {result.val_bpc:.3f} bits/char")
-    console.print(f"next: seqserve export {result.path} --out {result.path}-onnx")
+    console.print(f"[green]saved[/] {escape(str(result.path))}  steps {result.steps}  "
+                  f"validation {result.val_bpc:.3f} bits/char")
+    console.print(f"next: seqserve export {result.path} --out {result.path}-onnx", markup=False, highlight=False)
 
 
 def _check_family_flags(family: str, nonlinearity, positional) -> None:

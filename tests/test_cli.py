@@ -234,3 +234,14 @@ def test_cuda_without_gpu_is_explained(exported):
     if "CUDAExecutionProvider" in ort.get_available_providers() and shutil.which("nvidia-smi"):
         pytest.skip("a GPU is present")
     assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", "--device", "cuda"), "CUDA")
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end(tmp_path):
+    out = tmp_path / "qs"
+    res = run("quickstart", "--out", out, "--families", "rnn,gpt", "--preset", "tiny", "--minutes", "0.02",
+              "--max-tokens", "12")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("PASSED") == 2 and "ONNX Runtime sample" in res.output
+    for fam in ("rnn", "gpt"):
+        assert (out / fam / "model.safetensors").is_file() and (out / f"{fam}-onnx" / "step.onnx").is_file()
