@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,19 +12,7 @@ from seqserve.checkpoint import load_checkpoint, read_checkpoint_info, save_chec
 from seqserve.errors import SeqserveError
 from seqserve.io import atomic_dir, atomic_write_text
 
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
-
-
-def hidden_leftovers(parent: Path) -> list[str]:
-    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+from helpers import hidden_leftovers, snapshot, umask
 
 
 # --- load_checkpoint errors ----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from cli.main import COMMANDS
 from seqserve.models import FAMILIES
 
-from cli_helpers import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from seqserve.checkpoint import load_checkpoint, read_checkpoint_info
 from seqserve.training import resume_config
 from seqserve.training.trainer import UNBOUNDED_STEPS
 
-from cli_helpers import assert_one_line_error, run
+from helpers import assert_one_line_error, run
 
 FAST = ("--preset", "tiny", "--batch-size", "8", "--seq-len", "32", "--max-corpus-mb", "0.3")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import threading
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +18,8 @@ from seqserve.errors import SeqserveError
 from seqserve.models import build_model, make_config
 from seqserve.training import TrainConfig, evaluate, resume_config, train
 from seqserve.training.trainer import TrainingInterrupted, _lanes, _windows
+
+from helpers import hidden_leftovers, umask
 
 CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors",
                     "trainer_state.json"}
@@ -39,20 +39,6 @@ def runs(tmp_path_factory):
         return cache[family]
 
     return get
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
-
-
-def hidden_leftovers(parent: Path) -> list[str]:
-    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
 
 
 # --- training ----------------------------------------------------------------------------------
