@@ -47,12 +47,12 @@ class DecodeState:
                                      else self.positions[:, None] + np.arange(S, dtype=np.int64))
         return feeds
 
-    def advance(self, outputs: dict, new_tokens: int) -> "DecodeState":
+    def advance(self, feeds: dict, outputs: dict) -> "DecodeState":
+        """The state after running `feeds` (from self.feeds) and getting `outputs`."""
         state = {p.input: outputs[p.output] for p in self.spec.state}
-        mask = None
-        if self.mask is not None:
-            mask = np.concatenate([self.mask, np.ones((self.batch, new_tokens), np.int64)], axis=1)
-        return DecodeState(self.spec, state, mask, self.positions + new_tokens)
+        # The mask just fed already covers the new tokens: reuse it rather than build it again.
+        return DecodeState(self.spec, state, feeds.get("attention_mask"),
+                           self.positions + feeds["input_ids"].shape[1])
 
     @staticmethod
     def merge(parts: list["DecodeState"], backend) -> "DecodeState":

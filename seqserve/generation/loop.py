@@ -39,14 +39,16 @@ class Completion:
 def prefill(backend, ids: list[int]) -> tuple[np.ndarray, DecodeState]:
     """One prompt (batch 1) -> last-position logits (1, V) and its state."""
     state = DecodeState.empty(backend.spec, 1, backend)
-    out = backend.run(state.feeds(np.asarray([ids], np.int64)))
-    return out["logits"][:, -1], state.advance(out, len(ids))
+    feeds = state.feeds(np.asarray([ids], np.int64))
+    out = backend.run(feeds)
+    return out["logits"][:, -1], state.advance(feeds, out)
 
 
 def decode_step(backend, state: DecodeState, tokens: np.ndarray) -> tuple[np.ndarray, DecodeState]:
     """tokens (B,) -> next logits (B, V) and the advanced state."""
-    out = backend.run(state.feeds(tokens[:, None]))
-    return out["logits"][:, -1], state.advance(out, 1)
+    feeds = state.feeds(tokens[:, None])
+    out = backend.run(feeds)
+    return out["logits"][:, -1], state.advance(feeds, out)
 
 
 def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,

@@ -77,9 +77,10 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
         step = t.ort("step")
         state, parts, pos = DecodeState.empty(step.spec, batch, step), [], 0
         for n in chunks:
-            out = step.run(state.feeds(ids[:, pos:pos + n]))
+            feeds = state.feeds(ids[:, pos:pos + n])
+            out = step.run(feeds)
             parts.append(step.to_host(out["logits"]))
-            state, pos = state.advance(out, n), pos + n
+            state, pos = state.advance(feeds, out), pos + n
         inc = np.concatenate(parts, axis=1)
         r = compare(inc, full, c.atol, c.rtol, "step", "full")
         detail = r.detail
