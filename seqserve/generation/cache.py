@@ -73,11 +73,43 @@ class DecodeState:
         return DecodeState(spec, state, mask, np.concatenate([p.positions for p in parts]))
 
     def select(self, rows, backend) -> "DecodeState":
-        """Keep only `rows` (finished sequences leave the batch)."""
+        """Keep only `rows` (finished sequences leave the batch).
+
+        Left padding that no remaining row needs is cut off, so when a long sequence leaves a
+        server's batch the others stop paying for its cache length.
+        """
         rows = np.asarray(rows)
-        state = {k: backend.from_host(backend.to_host(v)[rows]) for k, v in self.state.items()}
         mask = None if self.mask is None else self.mask[rows]
+        cut = 0
+        if mask is not None and mask.shape[1]:
+            real = mask.any(axis=0)
+            cut = int(real.argmax()) if real.any() else mask.shape[1]
+            mask = mask[:, cut:]
+        axes = {p.input: p.seq_axis for p in self.spec.state}
+        state = {}
+        for k, v in self.state.items():
+            host = backend.to_host(v)[rows]
+            if cut and axes.get(k) is not None:
+                host = np.ascontiguousarray(np.take(host, np.arange(cut, host.shape[axes[k]]), axis=axes[k]))
+            state[k] = backend.from_host(host)
         return DecodeState(self.spec, state, mask, self.positions[rows])
+
+    def row(self, r: int, backend) -> "DecodeState":
+        """Row r as a batch-1 state, without the left padding it only had for its batch-mates.
+        Basic slicing: on CPU these are views, no copy."""
+        mask = None if self.mask is None else self.mask[r:r + 1]
+        cut = 0
+        if mask is not None and mask.shape[1]:
+            cut = int(mask[0].argmax()) if mask.any() else mask.shape[1]
+            mask = mask[:, cut:]
+        axes = {p.input: p.seq_axis for p in self.spec.state}
+        state = {}
+        for k, v in self.state.items():
+            idx = [slice(r, r + 1)]
+            if cut and axes.get(k) is not None:
+                idx += [slice(None)] * (axes[k] - 1) + [slice(cut, None)]
+            state[k] = backend.from_host(backend.to_host(v)[tuple(idx)])
+        return DecodeState(self.spec, state, mask, self.positions[r:r + 1])
 
 
 def _left_pad(a: np.ndarray, axis: int, n: int) -> np.ndarray:

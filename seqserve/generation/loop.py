@@ -74,23 +74,15 @@ def _decode(backend, tokenizer, encoded: list[list[int]], params: SamplingParams
     firsts = [prefill(backend, ids) for ids in encoded]
     logits = np.concatenate([f[0] for f in firsts])
     state = DecodeState.merge([f[1] for f in firsts], backend)
-    streams = [_TextStream(tokenizer, params.stop) for _ in encoded]
+    texts = [SequenceText(tokenizer, params) for _ in encoded]
     rows = list(range(len(encoded)))          # prompt index of each batch row
-    for step in range(params.max_tokens):
+    while True:
         nxt = sample_next(logits, params, [rngs[i] for i in rows])
         keep = []
         for r, (i, tok) in enumerate(zip(rows, nxt)):
-            tok = int(tok)
-            if params.stop_at_eos and tok == tokenizer.eos_id:
-                yield TokenEvent(i, tok, streams[i].flush(), "eos")
-                continue
-            text, stopped = streams[i].push(tok)
-            if stopped:
-                yield TokenEvent(i, tok, text, "stop")
-            elif step == params.max_tokens - 1:
-                yield TokenEvent(i, tok, text + streams[i].flush(), "length")
-            else:
-                yield TokenEvent(i, tok, text, None)
+            text, finish = texts[i].push(int(tok))
+            yield TokenEvent(i, int(tok), text, finish)
+            if finish is None:
                 keep.append(r)
         if not keep:
             return
@@ -109,6 +101,31 @@ def generate_text(backend, tokenizer, prompts: Sequence[str], params: SamplingPa
         c.text += ev.text
         c.finish_reason = ev.finish_reason or c.finish_reason
     return out
+
+
+class SequenceText:
+    """One sequence's output: text to show for each sampled token, and whether it finished.
+
+    Shared by this loop and the server's generation scheduler, so both stop the same way.
+    """
+
+    def __init__(self, tokenizer, params: SamplingParams):
+        self.params = params
+        self.eos_id = tokenizer.eos_id
+        self.stream = _TextStream(tokenizer, params.stop)
+        self.count = 0
+
+    def push(self, token: int) -> tuple[str, str | None]:
+        """-> (new text, finish reason: None while running, else "eos" | "stop" | "length")."""
+        self.count += 1
+        if self.params.stop_at_eos and token == self.eos_id:
+            return self.stream.flush(), "eos"
+        text, stopped = self.stream.push(token)
+        if stopped:
+            return text, "stop"
+        if self.count >= self.params.max_tokens:
+            return text + self.stream.flush(), "length"
+        return text, None
 
 
 class _TextStream:

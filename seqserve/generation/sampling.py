@@ -66,5 +66,17 @@ def sample_next(logits: np.ndarray, p: SamplingParams, rngs: list[np.random.Gene
                     dtype=np.int64)
 
 
+def sample_rows(logits: np.ndarray, params: list[SamplingParams], rngs: list[np.random.Generator]) -> np.ndarray:
+    """Like sample_next, but every row has its own parameters (a server batch mixes requests)."""
+    out = np.empty(len(params), np.int64)
+    greedy = [r for r, p in enumerate(params) if p.is_greedy]
+    if greedy:
+        out[greedy] = logits[greedy].argmax(axis=-1)    # one vectorized argmax for all greedy rows
+    for r, p in enumerate(params):
+        if not p.is_greedy:
+            out[r] = sample_next(logits[r:r + 1], p, [rngs[r]])[0]
+    return out
+
+
 def make_rngs(p: SamplingParams, n: int) -> list[np.random.Generator]:
     return [np.random.default_rng(None if p.seed is None else (p.seed, i)) for i in range(n)]

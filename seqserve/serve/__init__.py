@@ -1,0 +1,1 @@
+"""seqserve's embedded server: ONNX Runtime behind the KServe v2 / Triton protocol (HTTP + gRPC)."""

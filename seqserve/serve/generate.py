@@ -1,0 +1,247 @@
+"""Text generation as a served model: text and sampling parameters in, text streamed out.
+
+The same pieces as seqserve.generation's loop — `prefill`, `decode_step`, sampling, and
+`SequenceText` for stopping — driven by a scheduler instead of a for-loop, so streams that
+arrive at different times share one batch (continuous, iteration-level batching):
+
+    each iteration:  one decode step for every active stream, as ONE batched ORT call
+                     (the streams' states live in one batched DecodeState)
+                     → sample each row with its own parameters → send each stream its text
+                     → finished or cancelled streams leave (DecodeState.select)
+                     → new streams are prefilled alone (no padding enters an RNN state) and
+                       join the batch (DecodeState.merge), up to seqserve.max_streams rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from seqserve.errors import SeqserveError
+from seqserve.generation.cache import DecodeState
+from seqserve.generation.loop import SequenceText, decode_step, prefill
+from seqserve.generation.sampling import SamplingParams, sample_rows
+from seqserve.serve.models import ServedModelBase, parameter
+from seqserve.serve.types import InferRequest, InferResponse, ServeError
+from seqserve.serve.worker import Replies, Worker, now_ns
+
+_NUMERIC = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+
+
+@dataclass
+class _Stream:
+    ids: list[int]
+    params: SamplingParams
+    text: SequenceText
+    rng: np.random.Generator
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue                 # (text, finish_reason) tuples, or a ServeError
+    t0: int
+    cancelled: bool = False
+    started: int = 0                      # when its prefill began (queue time ends)
+    first_at: int = 0
+    tokens: int = 0
+    pending: int = -1                     # the token sampled last, to feed at the next step
+    done: bool = field(default=False)
+
+
+class GenerateModel(ServedModelBase):
+    kind = "generate"
+    decoupled = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.max_streams = int(parameter(self.config, "seqserve.max_streams", "64") or 64)
+        self.worker = _GenerationScheduler(self)
+        self.worker.start()
+
+    # -- request -> stream ---------------------------------------------------------------------
+
+    def _params(self, req: InferRequest) -> SamplingParams:
+        """Sampling parameters from input tensors (Triton style) or request parameters (either)."""
+        vals = {}
+        for k in (*_NUMERIC, "stop", "greedy"):
+            if k in req.inputs:
+                a = req.inputs[k]
+                if k == "stop":
+                    vals[k] = tuple(_text(x, "stop") for x in a.reshape(-1))
+                else:
+                    if a.size != 1:
+                        raise ServeError(400, f"input '{k}' must hold one value; got shape {list(a.shape)}")
+                    vals[k] = a.reshape(-1)[0].item()
+            elif k in req.parameters:
+                vals[k] = req.parameters[k]
+        try:
+            for k, cast in _NUMERIC.items():
+                if k in vals and not isinstance(vals[k], bool):
+                    vals[k] = cast(vals[k])
+                elif k in vals:
+                    raise ValueError(k)
+            if "stop" in vals:
+                stop = vals["stop"]
+                vals["stop"] = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
+            if "greedy" in vals:
+                vals["greedy"] = bool(vals["greedy"])
+        except (TypeError, ValueError):
+            raise ServeError(400, f"generation parameters must be numbers (max_tokens, top_k, seed: integers; "
+                                  f"temperature, top_p: floats) and stop a string or list; got {vals}") from None
+        try:
+            return SamplingParams(**vals)
+        except SeqserveError as e:
+            raise ServeError(400, str(e)) from None
+
+    def _open(self, req: InferRequest) -> _Stream:
+        self.check_inputs(req)
+        prompt = _text(req.inputs["text_input"].reshape(-1)[0] if req.inputs["text_input"].size else b"", "text_input")
+        params = self._params(req)
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except SeqserveError as e:
+            raise ServeError(400, f"text_input: {e}") from None
+        if not ids:
+            raise ServeError(400, "text_input is empty; give at least one character")
+        if self.max_context is not None and len(ids) + params.max_tokens - 1 > self.max_context:
+            raise ServeError(400, f"text_input has {len(ids)} tokens; with max_tokens {params.max_tokens} it exceeds "
+                                  f"model '{self.name}''s context of {self.max_context} positions")
+        rng = np.random.default_rng(None if params.seed is None else (params.seed, 0))
+        return _Stream(ids, params, SequenceText(self.tokenizer, params), rng, asyncio.get_running_loop(),
+                       asyncio.Queue(), now_ns())
+
+    async def stream(self, req: InferRequest):
+        t0 = now_ns()
+        try:
+            s = self._open(req)
+        except ServeError:
+            self.stats.request_failed(now_ns() - t0)
+            raise
+        self.stats.add_pending(1)
+        self.worker.submit(s)
+        try:
+            while True:
+                ev = await s.events.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                text, finish = ev
+                if finish is None and not text:
+                    continue        # text held back (a possible stop string): nothing to send yet
+                out = {"text_output": np.array([text.encode()], dtype=object),
+                       "finish_reason": np.array([(finish or "").encode()], dtype=object)}
+                params = {"triton_final_response": finish is not None}
+                yield self.response(req, out, params)
+                if finish is not None:
+                    return
+        finally:
+            self.stats.add_pending(-1)
+            if not s.done:
+                s.cancelled = True        # the client went away: the worker drops the row
+
+    async def infer(self, req: InferRequest) -> InferResponse:
+        pieces, finish = [], b""
+        async for r in self.stream(req):
+            pieces.append(r.outputs.get("text_output", np.array([b""], dtype=object))[0])
+            finish = r.outputs.get("finish_reason", np.array([b""], dtype=object))[0] or finish
+        out = {"text_output": np.array([b"".join(pieces)], dtype=object),
+               "finish_reason": np.array([finish], dtype=object)}
+        return self.response(req, out)
+
+
+def _text(v, what: str) -> str:
+    if isinstance(v, str):
+        return v
+    try:
+        return bytes(v).decode("utf-8")
+    except (UnicodeDecodeError, TypeError):
+        raise ServeError(400, f"{what} must be UTF-8 text") from None
+
+
+class _GenerationScheduler(Worker):
+    def __init__(self, model: GenerateModel):
+        super().__init__(model.name)
+        self.model = model
+        self.waiting: deque[_Stream] = deque()
+        self.rows: list[_Stream] = []            # stream of each batch row
+        self.state: DecodeState | None = None
+
+    def busy(self) -> bool:
+        return bool(self.rows) or bool(self.waiting)
+
+    def iteration(self, new: list[_Stream]) -> None:
+        m, replies = self.model, Replies()
+        self.waiting.extend(new)
+        t_start = now_ns()
+        # 1. one decode step for every active row (all have a pending token)
+        keep = [r for r, s in enumerate(self.rows) if not s.cancelled]
+        self._shrink(keep)
+        if self.rows:
+            tokens = np.array([s.pending for s in self.rows], np.int64)
+            t_in = now_ns()
+            logits, self.state = decode_step(m.backend, self.state, tokens)
+            t_run = now_ns()
+            self._emit(self.rows, logits, replies)
+            m.stats.execution(len(self.rows), t_in - t_start, t_run - t_in, now_ns() - t_run)
+            self._shrink([r for r, s in enumerate(self.rows) if not s.done])
+        # 2. admit waiting streams: prefill alone, sample the first token, join the batch
+        joined, parts = [], []
+        while self.waiting and len(self.rows) + len(joined) < m.max_streams:
+            s = self.waiting.popleft()
+            if s.cancelled:
+                continue
+            t0 = s.started = now_ns()
+            try:
+                logits, st = prefill(m.backend, s.ids)
+            except Exception as e:
+                s.done = True
+                replies.add(s.loop, s.events.put_nowait, ServeError(500, f"model '{m.name}' failed: {e}"))
+                m.stats.request_failed(now_ns() - s.t0, "BACKEND")
+                continue
+            t1 = now_ns()
+            self._emit([s], logits, replies)
+            m.stats.execution(1, 0, t1 - t0, now_ns() - t1)
+            if not s.done:
+                joined.append(s)
+                parts.append(st)
+        if joined:
+            self.state = DecodeState.merge(([self.state] if self.rows else []) + parts, m.backend)
+            self.rows += joined
+        m.stats.active_sequences = len(self.rows)
+        replies.flush()
+
+    def _emit(self, streams: list[_Stream], logits: np.ndarray, replies: Replies) -> None:
+        """Sample each row's next token and queue its text for the client."""
+        nxt = sample_rows(logits, [s.params for s in streams], [s.rng for s in streams])
+        m, now = self.model, now_ns()
+        for s, tok in zip(streams, nxt):
+            tok = int(tok)
+            text, finish = s.text.push(tok)
+            s.tokens += 1
+            s.pending = tok
+            if not s.first_at:
+                s.first_at = now
+                m.stats.first_token((now - s.t0) / 1e6)
+            replies.add(s.loop, s.events.put_nowait, (text, finish))
+            if finish is not None:
+                s.done = True
+                m.stats.tokens(s.tokens)
+                m.stats.request_done(now - s.t0, s.started - s.t0)
+
+    def _shrink(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        if keep:
+            self.state = self.state.select(keep, self.model.backend)
+        else:
+            self.state = None
+        self.rows = [self.rows[r] for r in keep]
+
+    def fail_all(self, items: list, error: Exception) -> None:
+        replies = Replies()
+        for s in [*self.rows, *self.waiting]:
+            if not s.done:
+                s.done = True
+                replies.add(s.loop, s.events.put_nowait, ServeError(500, f"model '{self.model.name}' failed: {error}"))
+        self.rows, self.state = [], None
+        self.waiting.clear()
+        replies.flush()

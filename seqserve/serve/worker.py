@@ -1,0 +1,123 @@
+"""A model's worker thread: owns the ONNX Runtime session, runs batched iterations.
+
+Requests are handed over from the asyncio loop with `submit` (a deque + condition variable: a few
+microseconds), and results go back with one `call_soon_threadsafe` per iteration and loop, so a
+batch of 16 answers wakes the event loop once, not 16 times. ORT releases the GIL while it runs,
+so the loop keeps parsing and answering requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+
+log = logging.getLogger("seqserve.serve")
+
+
+class Worker:
+    def __init__(self, name: str):
+        self.name = name
+        self._cv = threading.Condition()
+        self._inbox: deque = deque()
+        self._closing = False
+        self._thread = threading.Thread(target=self._main, name=f"seqserve-{name}", daemon=True)
+        self._started = False
+
+    # -- called from the event loop ------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def submit(self, item) -> None:
+        with self._cv:
+            self._inbox.append(item)
+            self._cv.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish what is queued and active, then stop the thread."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._started:
+            self._thread.join(timeout)
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        while True:
+            with self._cv:
+                while not self._inbox and not self.busy() and not self._closing:
+                    self._cv.wait(self.wait_timeout())
+                    self.on_idle_tick()
+                if self._closing and not self._inbox and not self.busy():
+                    return
+                new = list(self._inbox)
+                self._inbox.clear()
+            try:
+                self.iteration(new)
+            except Exception as e:   # a bug must not kill the thread and hang every client
+                log.exception("model %s: iteration failed", self.name)
+                self.fail_all(new, e)
+
+    # -- for subclasses ----------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """Work remains without new submissions (active generation streams, waiting steps)."""
+        return False
+
+    def wait_timeout(self) -> float | None:
+        return None
+
+    def on_idle_tick(self) -> None:
+        pass
+
+    def iteration(self, new: list) -> None:
+        raise NotImplementedError
+
+    def fail_all(self, items: list, error: Exception) -> None:
+        raise NotImplementedError
+
+
+class Replies:
+    """Collects (future, result-or-exception) pairs during an iteration; delivers them per loop in
+    one thread-safe callback at the end."""
+
+    def __init__(self):
+        self._by_loop = defaultdict(list)
+
+    def add(self, loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+        self._by_loop[loop].append((fn, args))
+
+    def resolve(self, loop, fut: asyncio.Future, value) -> None:
+        self.add(loop, _set, fut, value)
+
+    def flush(self) -> None:
+        for loop, calls in self._by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_run_all, calls)
+            except RuntimeError:       # the loop has closed (server stopped): nobody is waiting
+                pass
+        self._by_loop.clear()
+
+
+def _run_all(calls) -> None:
+    for fn, args in calls:
+        fn(*args)
+
+
+def _set(fut: asyncio.Future, value) -> None:
+    if fut.done():                     # the client went away and the request was cancelled
+        return
+    if isinstance(value, BaseException):
+        fut.set_exception(value)
+    else:
+        fut.set_result(value)
+
+
+def now_ns() -> int:
+    return time.perf_counter_ns()
