@@ -25,6 +25,7 @@ COMMANDS = {
     "validate": "cli.validate",
     "generate": "cli.generate",
     "bench": "cli.bench",
+    "package": "cli.package",
 }
 
 for _name, _module in COMMANDS.items():

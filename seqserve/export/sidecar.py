@@ -41,7 +41,9 @@ class ExportInfo:
         return self.spec.extra.get("max_seq_len")
 
 
-def load_export(path: str | Path) -> ExportInfo:
+def load_export(path: str | Path, graphs: tuple[str, ...] = ("full", "step")) -> ExportInfo:
+    """Read an export's sidecar; `graphs` are the graph files that must exist (a packaged
+    per-version folder holds only the one graph it serves)."""
     path = Path(path)
     side = path / SIDECAR
     if not path.is_dir():
@@ -59,7 +61,7 @@ def load_export(path: str | Path) -> ExportInfo:
         except SeqserveError as e:
             raise SeqserveError(f"{side}: {e}") from None
         info = ExportInfo(path, raw["family"], FamilySpec.from_json(raw["spec"]), tokenizer, raw)
-        for g in ("full", "step"):
+        for g in graphs:
             if not info.graph_path(g).is_file():
                 raise SeqserveError(f"export {path} is missing its {g} graph {info.graph_path(g).name}")
     except json.JSONDecodeError as e:

@@ -1,0 +1,44 @@
+"""seqserve package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.common import console
+
+
+def command(
+    export_dir: Annotated[Path, typer.Argument(help="Export folder from `seqserve export`.")],
+    repository: Annotated[Path, typer.Option("--repository", "-r", help="Triton model repository folder (created if missing).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name; also writes NAME_step and NAME_generate. Default: the family.")] = None,
+    version: Annotated[Optional[int], typer.Option(help="Version number. Default: one more than the newest in the repository.")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Rows per batched call (full and step models).")] = 16,
+    max_sequences: Annotated[int, typer.Option(help="Step model: sequences kept at once.")] = 64,
+    sequence_idle_seconds: Annotated[float, typer.Option(help="Step model: drop a sequence's state after this long idle.")] = 60.0,
+    max_streams: Annotated[int, typer.Option(help="Generate model: concurrent generation streams.")] = 64,
+):
+    """Write the export as Triton models NAME (full), NAME_step (stateful) and NAME_generate (text)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from seqserve.package import PackageOptions, package_export
+
+    options = PackageOptions(max_batch_size=max_batch_size, max_sequences=max_sequences,
+                             sequence_idle_seconds=sequence_idle_seconds, max_streams=max_streams)
+    models = package_export(export_dir, repository, name=name, version=version, options=options)
+
+    table = Table(title="Triton models written")
+    for col in ("model", "version", "kind", "inputs → outputs", "path"):
+        table.add_column(col, overflow="fold")
+    for m in models:
+        inputs = [t.name for t in m.config.input if not t.optional]
+        optional = sum(t.optional for t in m.config.input)
+        state = len(m.config.sequence_batching.state)
+        io = ", ".join(inputs) + (f" (+{optional} optional)" if optional else "") \
+            + (f" + {state} state" if state else "") + " → " + ", ".join(t.name for t in m.config.output)
+        table.add_row(Text(m.name), str(m.version), m.kind, Text(io), Text(str(m.path)))
+    console.print(table)
+    console.print(f"next: seqserve serve --repository {repository}", markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,22 @@
+"""Package an export as a Triton model repository (see DESIGN.md, "Packaging").
+
+    DIR/NAME/config.pbtxt             full graph, dynamic batching
+    DIR/NAME_step/config.pbtxt        step graph, sequence batching with implicit state
+    DIR/NAME_generate/config.pbtxt    decoupled text generation over the step graph
+    DIR/<model>/<N>/model.onnx        the graph (hard link to the export's file, or a copy)
+    DIR/<model>/<N>/seqserve.json     the export sidecar, graphs -> model.onnx, plus "serve"
+"""
+
+from seqserve.package.repository import (CONFIG, MODEL_FILE, PackagedModel, ServedVersion, list_versions,
+                                         load_version, package_export, read_config, served_sidecar)
+from seqserve.package.triton_config import (DERIVED_INPUTS, KIND_GRAPH, KINDS, ModelConfig, PackageOptions,
+                                            build_configs, check_against_onnx, check_model_name,
+                                            derived_inputs, kind_of, model_names, onnx_signature,
+                                            parse_config, to_pbtxt)
+
+__all__ = [
+    "CONFIG", "DERIVED_INPUTS", "KINDS", "KIND_GRAPH", "MODEL_FILE", "ModelConfig", "PackageOptions",
+    "PackagedModel", "ServedVersion", "build_configs", "check_against_onnx", "check_model_name",
+    "derived_inputs", "kind_of", "list_versions", "load_version", "model_names", "onnx_signature",
+    "package_export", "parse_config", "read_config", "served_sidecar", "to_pbtxt",
+]

@@ -1,0 +1,310 @@
+"""Triton model configs (config.pbtxt) built from a family spec, parsed strictly, checked against ONNX.
+
+The configs are Triton's own `ModelConfig` protobuf (from tritonclient), so what we write is what
+Triton (and our server, which reads the same message) will parse. Three kinds per export:
+
+    full      NAME           full graph, dynamic batching
+    step      NAME_step      step graph, sequence batching; the server keeps the state pairs
+    generate  NAME_generate  step graph behind a decoupled text-in/text-out model
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from seqserve.errors import SeqserveError
+from seqserve.export.sidecar import ExportInfo
+from seqserve.spec import GraphSpec, TensorSpec
+
+ModelConfig = mc.ModelConfig
+
+KINDS = ("full", "step", "generate")
+KIND_GRAPH = {"full": "full", "step": "step", "generate": "step"}   # which ONNX graph each serves
+SUFFIX = {"full": "", "step": "_step", "generate": "_generate"}
+
+# Graph inputs the server computes itself from the sequence it keeps (gpt's step graph); a client
+# of NAME_step sends only input_ids.
+DERIVED_INPUTS = ("attention_mask", "position_ids")
+
+# Triton's model-name rule (letters, digits, _ - .). No leading "." either: Triton skips hidden
+# folders, and our temporary siblings are hidden.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+NUMPY_TO_TRITON = {
+    "bool": mc.TYPE_BOOL, "uint8": mc.TYPE_UINT8, "uint16": mc.TYPE_UINT16, "uint32": mc.TYPE_UINT32,
+    "uint64": mc.TYPE_UINT64, "int8": mc.TYPE_INT8, "int16": mc.TYPE_INT16, "int32": mc.TYPE_INT32,
+    "int64": mc.TYPE_INT64, "float16": mc.TYPE_FP16, "float32": mc.TYPE_FP32, "float64": mc.TYPE_FP64,
+    "bfloat16": mc.TYPE_BF16, "object": mc.TYPE_STRING, "bytes": mc.TYPE_STRING,
+}
+
+# Generation request fields besides text_input: (name, type, dims); all optional.
+GENERATE_OPTIONAL = (
+    ("max_tokens", mc.TYPE_INT32, [1]), ("temperature", mc.TYPE_FP32, [1]), ("top_k", mc.TYPE_INT32, [1]),
+    ("top_p", mc.TYPE_FP32, [1]), ("seed", mc.TYPE_UINT64, [1]), ("stop", mc.TYPE_STRING, [-1]),
+)
+
+
+@dataclass(frozen=True)
+class PackageOptions:
+    max_batch_size: int = 16             # full and step models: rows per ORT call
+    max_sequences: int = 64              # step model: sequences kept at once (oldest strategy)
+    sequence_idle_seconds: float = 60.0  # step model: a sequence's state is dropped after this idle
+    max_streams: int = 64                # generate model: concurrent generation streams
+
+    def __post_init__(self):
+        for field in ("max_batch_size", "max_sequences", "max_streams"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SeqserveError(f"{field.replace('_', ' ')} must be a whole number of at least 1; got {v!r}")
+        idle = self.sequence_idle_seconds
+        if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not math.isfinite(idle) or idle <= 0:
+            raise SeqserveError(f"sequence idle seconds must be a positive number; got {idle!r}")
+        if int(idle * 1e6) < 1:
+            raise SeqserveError(f"sequence idle seconds must be at least one microsecond; got {idle!r}")
+
+
+def check_model_name(name: str) -> None:
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise SeqserveError(f"model name {name!r} is not a valid Triton model name; expected letters, "
+                            "digits, '_', '-' and '.' (not starting with '.')")
+
+
+def model_names(name: str) -> dict[str, str]:
+    """kind -> model name."""
+    return {kind: name + SUFFIX[kind] for kind in KINDS}
+
+
+def triton_type(numpy_dtype: str) -> int:
+    try:
+        return NUMPY_TO_TRITON[numpy_dtype]
+    except KeyError:
+        raise SeqserveError(f"dtype {numpy_dtype!r} has no Triton data type; expected one of "
+                            f"{sorted(NUMPY_TO_TRITON)}") from None
+
+
+def type_name(t: int) -> str:
+    return mc.DataType.Name(t)
+
+
+def config_dims(t: TensorSpec) -> list[int]:
+    """Dims as Triton wants them with batching on: batch axis stripped, named (dynamic) axes -1."""
+    if not t.dims or t.dims[0] != "batch":
+        raise SeqserveError(f"tensor {t.name} has dims {list(t.dims)}; expected the batch axis first")
+    return [-1 if isinstance(d, str) else d for d in t.dims[1:]]
+
+
+def kind_of(cfg: ModelConfig) -> str:
+    """The `seqserve.kind` parameter of a config we wrote; a clear error for any other config."""
+    kind = cfg.parameters["seqserve.kind"].string_value if "seqserve.kind" in cfg.parameters else ""
+    if kind not in KINDS:
+        raise SeqserveError(f"model config {cfg.name!r} has seqserve.kind {kind!r}; expected one of "
+                            f"{list(KINDS)} (a config written by `seqserve package`)")
+    return kind
+
+
+def derived_inputs(cfg: ModelConfig) -> list[str]:
+    """Graph inputs the server derives itself (parameter `seqserve.derived_inputs`)."""
+    if "seqserve.derived_inputs" not in cfg.parameters:
+        return []
+    return [n for n in cfg.parameters["seqserve.derived_inputs"].string_value.split(",") if n]
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+def build_configs(info: ExportInfo, name: str, options: PackageOptions) -> dict[str, ModelConfig]:
+    """model name -> config for the three models of one export (full, step, generate)."""
+    check_model_name(name)
+    names = model_names(name)
+    return {names["full"]: _full(info.spec.full, names["full"], options),
+            names["step"]: _step(info.spec.step, names["step"], options),
+            names["generate"]: _generate(names["generate"], options)}
+
+
+def _common(cfg: ModelConfig, kind: str) -> ModelConfig:
+    cfg.version_policy.latest.num_versions = 1      # serve the newest version only
+    cfg.parameters["seqserve.kind"].string_value = kind
+    return cfg
+
+
+def _add_tensors(dest, tensors) -> None:
+    for t in tensors:
+        dest.add(name=t.name, data_type=triton_type(t.dtype), dims=config_dims(t))
+
+
+def _full(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
+    cfg = ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=o.max_batch_size)
+    _add_tensors(cfg.input, graph.inputs)
+    _add_tensors(cfg.output, graph.outputs)
+    cfg.dynamic_batching.max_queue_delay_microseconds = 0   # no waiting: batch what is queued
+    cfg.dynamic_batching.SetInParent()                      # present even though all fields are 0
+    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    return _common(cfg, "full")
+
+
+def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
+    cfg = ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=o.max_batch_size)
+    state_in = graph.state_inputs
+    state_out = {p.output for p in graph.state}
+    derived = [t.name for t in graph.inputs if t.name in DERIVED_INPUTS]
+    _add_tensors(cfg.input, [t for t in graph.inputs if t.name not in state_in and t.name not in derived])
+    _add_tensors(cfg.output, [t for t in graph.outputs if t.name not in state_out])
+    sb = cfg.sequence_batching
+    sb.max_sequence_idle_microseconds = int(o.sequence_idle_seconds * 1e6)
+    C = mc.ModelSequenceBatching.Control
+    for ctl_name, kind in (("START", C.CONTROL_SEQUENCE_START), ("END", C.CONTROL_SEQUENCE_END),
+                           ("READY", C.CONTROL_SEQUENCE_READY)):
+        sb.control_input.add(name=ctl_name).control.add(kind=kind, int32_false_true=[0, 1])
+    sb.control_input.add(name="CORRID").control.add(kind=C.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
+    for pair in graph.state:
+        t = graph.input(pair.input)
+        dims = config_dims(t)
+        st = sb.state.add(input_name=pair.input, output_name=pair.output,
+                          data_type=triton_type(t.dtype), dims=dims)
+        # A new sequence starts from zeros; a growing (KV-cache) axis starts empty.
+        st.initial_state.add(data_type=st.data_type, dims=[0 if d == -1 else d for d in dims],
+                             zero_data=True, name="zeros")
+    sb.oldest.max_candidate_sequences = o.max_sequences
+    sb.oldest.max_queue_delay_microseconds = 0
+    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    if derived:
+        cfg.parameters["seqserve.derived_inputs"].string_value = ",".join(derived)
+    return _common(cfg, "step")
+
+
+def _generate(name: str, o: PackageOptions) -> ModelConfig:
+    cfg = ModelConfig(name=name, backend="seqserve", max_batch_size=0)
+    cfg.model_transaction_policy.decoupled = True    # many responses (text pieces) per request
+    cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1])
+    for n, t, dims in GENERATE_OPTIONAL:
+        cfg.input.add(name=n, data_type=t, dims=dims, optional=True)
+    cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="finish_reason", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.parameters["seqserve.max_streams"].string_value = str(o.max_streams)
+    return _common(cfg, "generate")
+
+
+# ---- text form --------------------------------------------------------------------------------
+
+def to_pbtxt(cfg: ModelConfig) -> str:
+    text = text_format.MessageToString(cfg)
+    # proto3 omits enum fields at their default, and CONTROL_SEQUENCE_START is 0: spell it out so a
+    # reader sees all four controls (parsing gives the same message either way).
+    return re.sub(r"(\n( *)control \{\n)(?!\2  kind: )", r"\1\2  kind: CONTROL_SEQUENCE_START\n", text)
+
+
+def parse_config(text: str, where: str) -> ModelConfig:
+    """Strict parse (unknown fields and enum values fail), errors naming `where` and the line."""
+    cfg = ModelConfig()
+    try:
+        text_format.Parse(text, cfg)
+    except text_format.ParseError as e:
+        msg = str(e).split(" : ", 1)[-1]    # drop the "line:col" prefix; we say it our way
+        raise SeqserveError(f"{where}:{e.GetLine()}:{e.GetColumn()}: {msg} "
+                            "(expected a Triton ModelConfig in protobuf text format)") from None
+    return cfg
+
+
+# ---- checking against the ONNX graph ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _OnnxTensor:
+    data_type: int          # Triton type
+    dims: tuple[int, ...]   # every axis; -1 for a named or unknown one
+
+
+def onnx_signature(onnx_path: str | Path) -> tuple[dict[str, _OnnxTensor], dict[str, _OnnxTensor]]:
+    """(inputs, outputs) of an ONNX graph by name, in Triton's terms; weights are not loaded."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    g = model.graph
+    weights = {i.name for i in g.initializer}     # old IRs list initializers among the inputs
+
+    def table(values) -> dict[str, _OnnxTensor]:
+        out = {}
+        for v in values:
+            if v.name in weights:
+                continue
+            tt = v.type.tensor_type
+            try:
+                dtype = triton_type(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name)
+            except (KeyError, SeqserveError, TypeError, ValueError):
+                dtype = mc.TYPE_INVALID
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+            out[v.name] = _OnnxTensor(dtype, dims)
+        return out
+
+    return table(g.input), table(g.output)
+
+
+def _compare(role: str, name: str, data_type: int, dims: list[int], have: dict[str, _OnnxTensor],
+             batched: bool) -> list[str]:
+    """Problems with one config tensor against the ONNX tensor of the same name."""
+    if name not in have:
+        return [f"{role} {name} is not an ONNX graph {role.split()[-1]} (the graph has {sorted(have)})"]
+    t, problems = have[name], []
+    if data_type != t.data_type:
+        problems.append(f"{role} {name} has data_type {type_name(data_type)} in the config but "
+                        f"{type_name(t.data_type)} in the ONNX graph")
+    onnx_dims = list(t.dims)
+    if batched:
+        if not onnx_dims or onnx_dims[0] != -1:
+            problems.append(f"{role} {name} has ONNX dims {onnx_dims}; with max_batch_size > 0 the "
+                            "first axis must be a dynamic batch axis")
+            return problems
+        onnx_dims = onnx_dims[1:]
+    if list(dims) != onnx_dims:
+        problems.append(f"{role} {name} has dims {list(dims)} in the config but {onnx_dims} in the "
+                        f"ONNX graph{' (after the batch axis)' if batched else ''}")
+    return problems
+
+
+def check_against_onnx(cfg: ModelConfig, onnx_path: str | Path, spec: GraphSpec) -> list[str]:
+    """What in `cfg` disagrees with the ONNX graph it will serve; [] when they agree.
+
+    full/step configs: every input, output and state tensor must exist in the graph with the same
+    data type and dims (after the batch axis when max_batch_size > 0), and every graph input must be
+    fed (a config input, a state input, or one the server derives). A generate config's tensors
+    are text, so only its graph is checked: it must be `spec` (the step graph, state pairs included).
+    """
+    inputs, outputs = onnx_signature(onnx_path)
+    problems: list[str] = []
+    if "seqserve.kind" in cfg.parameters and cfg.parameters["seqserve.kind"].string_value == "generate":
+        for t in spec.inputs:
+            problems += _compare("input", t.name, triton_type(t.dtype), _dims(t), inputs, batched=False)
+        for t in spec.outputs:
+            problems += _compare("output", t.name, triton_type(t.dtype), _dims(t), outputs, batched=False)
+        if not spec.state:
+            problems.append(f"graph spec {spec.name!r} has no state pairs; a generate model serves the step graph")
+        return problems
+
+    batched = cfg.max_batch_size > 0
+    for t in cfg.input:
+        problems += _compare("input", t.name, t.data_type, list(t.dims), inputs, batched)
+    for t in cfg.output:
+        problems += _compare("output", t.name, t.data_type, list(t.dims), outputs, batched)
+    states = list(cfg.sequence_batching.state)
+    for s in states:
+        problems += _compare("state input", s.input_name, s.data_type, list(s.dims), inputs, batched)
+        problems += _compare("state output", s.output_name, s.data_type, list(s.dims), outputs, batched)
+    have_pairs = {(s.input_name, s.output_name) for s in states}
+    for p in spec.state:
+        if (p.input, p.output) not in have_pairs:
+            problems.append(f"state pair {p.input} -> {p.output} of the {spec.name} graph has no "
+                            "sequence_batching state in the config")
+    fed = {t.name for t in cfg.input} | {s.input_name for s in states} | set(derived_inputs(cfg))
+    for n in inputs:
+        if n not in fed:
+            problems.append(f"ONNX graph input {n} is fed by nothing in the config (not an input, "
+                            "a state input_name, or in seqserve.derived_inputs)")
+    return problems
+
+
+def _dims(t: TensorSpec) -> list[int]:
+    return [-1 if isinstance(d, str) else d for d in t.dims]
