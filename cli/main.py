@@ -26,6 +26,7 @@ COMMANDS = {
     "generate": "cli.generate",
     "bench": "cli.bench",
     "package": "cli.package",
+    "serve": "cli.serve",
 }
 
 for _name, _module in COMMANDS.items():

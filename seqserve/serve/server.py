@@ -1,0 +1,164 @@
+"""Runs the embedded server: HTTP (KServe v2), gRPC and metrics in one asyncio loop.
+
+Start-up: load every model (ORT sessions, worker threads), then open the listeners on
+127.0.0.1 unless told otherwise. Shutdown (SIGTERM, Ctrl-C): stop taking new requests (503,
+readiness goes false), let in-flight requests and streams finish (up to `drain_seconds`), close
+the listeners, then stop the model workers. A second Ctrl-C skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqserve.errors import SeqserveError
+from seqserve.runtime import RuntimeOptions
+from seqserve.serve.repository import ModelRepository
+
+log = logging.getLogger("seqserve.serve")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repository: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8000          # 0 = any free port (the bound ports are in Server.ports)
+    grpc_port: int = 8001          # -1 = no gRPC listener
+    metrics_port: int = 8002       # -1 = no metrics listener
+    api_key: str | None = None
+    max_request_bytes: int = 64 << 20
+    drain_seconds: float = 30.0
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    models: tuple[str, ...] = ()   # load only these (default: every model in the repository)
+
+    def __post_init__(self):
+        for what, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
+            if not -1 <= port <= 65535 or (what == "http" and port < 0):
+                raise SeqserveError(f"--{what}-port {port} is not a port number (0 = any free port"
+                                    f"{'' if what == 'http' else ', -1 = off'})")
+        if self.max_request_bytes < 1024:
+            raise SeqserveError(f"--max-request-bytes {self.max_request_bytes} is too small; expected >= 1024")
+        if self.drain_seconds < 0:
+            raise SeqserveError(f"--drain-seconds must be >= 0, got {self.drain_seconds}")
+
+
+class _Uvicorn:
+    """uvicorn.Server without its own signal handling (we run two of them and handle signals once)."""
+
+    def __init__(self, app, host: str, port: int, drain: float):
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            def capture_signals(self):
+                return contextlib.nullcontext()
+
+        cfg = uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
+                             access_log=False, log_level="warning", timeout_graceful_shutdown=max(drain, 1),
+                             timeout_keep_alive=30)
+        self.server = Quiet(cfg)
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> int:
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()          # re-raise a bind error
+                raise SeqserveError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            with contextlib.suppress(BaseException):
+                await self.task
+
+
+class Server:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.repo = ModelRepository(config.repository, config.runtime)
+        self.ports: dict[str, int] = {}
+        self._http = self._metrics = self._grpc = None
+        self._stop = asyncio.Event()
+        self._force = False
+
+    def load(self, progress=None) -> None:
+        self.repo.load_all(list(self.config.models) or None, progress)
+
+    async def start(self) -> None:
+        from seqserve.serve.grpc_service import make_grpc_server
+        from seqserve.serve.http import make_app, make_metrics_app
+
+        c = self.config
+        try:
+            self._http = _Uvicorn(make_app(self.repo, api_key=c.api_key, max_request_bytes=c.max_request_bytes),
+                                  c.host, c.http_port, c.drain_seconds)
+            self.ports["http"] = await self._http.start()
+            if c.grpc_port >= 0:
+                self._grpc = make_grpc_server(self.repo, host=c.host, port=c.grpc_port, api_key=c.api_key,
+                                              max_request_bytes=c.max_request_bytes)
+                self.ports["grpc"] = self._grpc.bound_port
+                await self._grpc.start()
+            if c.metrics_port >= 0:
+                self._metrics = _Uvicorn(make_metrics_app(self.repo), c.host, c.metrics_port, 1.0)
+                self.ports["metrics"] = await self._metrics.start()
+        except OSError as e:
+            await self._close_listeners()
+            raise SeqserveError(f"cannot listen on {c.host}: {e.strerror or e} (is another server using the "
+                                "port? choose others with --http-port/--grpc-port/--metrics-port)") from None
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            self._force = True           # second Ctrl-C: stop waiting for in-flight work
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        self.repo.draining = True        # new requests: 503; readiness: false
+        deadline = time.monotonic() + self.config.drain_seconds
+        while self.repo.busy() and time.monotonic() < deadline and not self._force:
+            await asyncio.sleep(0.05)
+        await self._close_listeners()
+        await asyncio.get_running_loop().run_in_executor(None, self.repo.close)
+
+    async def _close_listeners(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        for s in (self._http, self._metrics):
+            if s is not None:
+                await s.stop()
+
+
+def run_server(config: ServerConfig, on_loaded=None, on_ready=None) -> None:
+    """Load, listen, serve until SIGTERM/SIGINT, drain, exit. Blocks.
+
+    on_loaded(repo) runs after models load; on_ready(server) after the listeners are open (in the
+    event loop: keep it short or start a thread).
+    """
+    async def main():
+        server = Server(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_stop)
+        await loop.run_in_executor(None, server.load)
+        if on_loaded:
+            on_loaded(server.repo)
+        try:
+            await server.start()
+        except BaseException:
+            await loop.run_in_executor(None, server.repo.close)
+            raise
+        if on_ready:
+            on_ready(server)
+        await server.wait_stopped()
+
+    asyncio.run(main())
