@@ -12,8 +12,8 @@ from cli.common import console, err_console
 
 
 def command(
-    export: Annotated[Path, typer.Argument(help="Export folder from `seqserve export`.")],
-    prompt: Annotated[list[str], typer.Option(help="Prompt text; repeat for a batch of prompts.")],
+    export: Annotated[Optional[Path], typer.Argument(help="Export folder from `seqserve export` (or use --url).")] = None,
+    prompt: Annotated[list[str], typer.Option(help="Prompt text; repeat for a batch of prompts.")] = ...,
     max_tokens: Annotated[int, typer.Option(help="New tokens per prompt.")] = 128,
     backend: Annotated[str, typer.Option(help="ort (ONNX Runtime) or torch (eager, from the export's checkpoint).")] = "ort",
     greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token.")] = False,
@@ -24,17 +24,35 @@ def command(
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable); output ends before it.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (ONNX Runtime CUDA provider).")] = "cpu",
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads; 0 = one per core.")] = 0,
+    url: Annotated[Optional[str], typer.Option(
+        help="Generate on a running server instead: http://HOST:PORT (SSE) or grpc://HOST:PORT (seqserve or Triton).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="With --url: the generation model (NAME or NAME_generate).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="With --url: bearer token (default: $SEQSERVE_API_KEY).")] = None,
 ):
-    """Generate text from an exported model, streaming it to the terminal as it is produced."""
-    from seqserve.export import load_export
-    from seqserve.generation import SamplingParams, generate
-    from seqserve.runtime import RuntimeOptions, make_backend
+    """Generate text from an exported model, or from a running server with --url, streaming it as it comes."""
+    import os
 
-    info = load_export(export)
+    from seqserve.errors import SeqserveError
+    from seqserve.generation import SamplingParams
+
     params = SamplingParams(max_tokens=max_tokens, greedy=greedy, temperature=temperature, top_k=top_k,
                             top_p=top_p, seed=seed, stop=tuple(stop or ()))
-    be = make_backend(info, backend, options=RuntimeOptions(device=device, intra_op_threads=threads))
-    events = generate(be, info.tokenizer, prompt, params, info.max_context)
+    if (export is None) == (url is None):
+        raise SeqserveError("give either an export folder or --url (a running server), not both or neither")
+    if url is not None:
+        from seqserve.serve.client import RemoteGenerator
+
+        if not model:
+            raise SeqserveError("--url needs --model: the name of the generation model on that server")
+        events = RemoteGenerator(url, model, api_key=api_key or os.environ.get("SEQSERVE_API_KEY")).generate(prompt, params)
+    else:
+        from seqserve.export import load_export
+        from seqserve.generation import generate
+        from seqserve.runtime import RuntimeOptions, make_backend
+
+        info = load_export(export)
+        be = make_backend(info, backend, options=RuntimeOptions(device=device, intra_op_threads=threads))
+        events = generate(be, info.tokenizer, prompt, params, info.max_context)
     if len(prompt) == 1:
         _stream_one(prompt[0], events)
     else:
