@@ -17,8 +17,14 @@ def command(
     minutes: Annotated[float, typer.Option(help="Training budget per model, in minutes.")] = 1.0,
     prompt: Annotated[str, typer.Option(help="Prompt for the sample generations.")] = "def ",
     max_tokens: Annotated[int, typer.Option(help="Tokens per sample generation.")] = 160,
+    repository: Annotated[Path, typer.Option(help="Model repository to package into and serve.")] = Path("model_repository"),
+    serve: Annotated[bool, typer.Option(help="Serve the repository at the end (until Ctrl-C).")] = True,
+    http_port: Annotated[int, typer.Option(help="HTTP port (a free one is taken if it is busy).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (a free one is taken if it is busy).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port (a free one is taken if it is busy).")] = 8002,
+    serve_seconds: Annotated[float, typer.Option(help="Stop serving after this many seconds; 0 = until Ctrl-C.")] = 0.0,
 ):
-    """Train small models on the Python standard library, export, validate, and generate with ORT."""
+    """Train small models on the Python standard library, export, validate, package, and serve them."""
     from rich.progress import TextColumn
     from rich.rule import Rule
 
@@ -26,6 +32,7 @@ def command(
     from seqserve.export import export_checkpoint
     from seqserve.generation import SamplingParams, generate_text
     from seqserve.models import get_family
+    from seqserve.package import package_export
     from seqserve.runtime import make_backend
     from seqserve.training import TrainConfig, train
     from seqserve.validate import ValidateConfig, render_report, validate_export
@@ -59,7 +66,14 @@ def command(
             max_tokens=max_tokens, temperature=0.7, top_k=20, seed=0), info.max_context)[0]
         console.print("[bold]ONNX Runtime sample[/] (temperature 0.7, top-k 20):")
         console.print(prompt + sample.text, highlight=False, markup=False)
-    console.print(Rule("done"))
-    console.print(f"exports are in {out}/. Try:\n"
-                  f"  seqserve generate {out}/{names[-1]}-onnx --prompt 'import ' --greedy\n"
-                  f"  seqserve validate {out}/{names[-1]}-onnx --json report.json", markup=False, highlight=False)
+        # version 1 every time: a second quickstart replaces its own models instead of piling up versions
+        models = package_export(exp, repository, fam, version=1)
+        console.print(f"packaged {', '.join(m.name for m in models)} into {repository}/", markup=False, highlight=False)
+    if not serve:
+        console.print(Rule("done"))
+        console.print(f"exports are in {out}/, models in {repository}/. Serve them with:\n"
+                      f"  seqserve serve --repository {repository}", markup=False, highlight=False)
+        return
+    from cli.quickstart_demo import serve_with_demo
+
+    serve_with_demo(repository, names, prompt, (http_port, grpc_port, metrics_port), serve_seconds)

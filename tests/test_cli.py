@@ -239,9 +239,27 @@ def test_cuda_without_gpu_is_explained(exported):
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end(tmp_path):
     out = tmp_path / "qs"
+    repo = tmp_path / "repo"
     res = run("quickstart", "--out", out, "--families", "rnn,gpt", "--preset", "tiny", "--minutes", "0.02",
-              "--max-tokens", "12")
+              "--max-tokens", "12", "--repository", repo, "--http-port", "0", "--grpc-port", "0",
+              "--metrics-port", "0", "--serve-seconds", "0.1")
     assert res.exit_code == 0, res.output
     assert res.output.count("PASSED") == 2 and "ONNX Runtime sample" in res.output
     for fam in ("rnn", "gpt"):
         assert (out / fam / "model.safetensors").is_file() and (out / f"{fam}-onnx" / "step.onnx").is_file()
+        for model in (fam, f"{fam}_step", f"{fam}_generate"):
+            assert (repo / model / "config.pbtxt").is_file() and (repo / model / "1" / "model.onnx").is_file()
+    # the serving half ran against the real server: streamed text, the stateful sequence, the hints
+    assert res.output.count("streamed generation over HTTP") == 2
+    assert res.output.count("the server held the state between requests") == 2
+    diffs = [float(x) for x in re.findall(r"max \|diff\| = ([0-9.e+-]+)", res.output)]
+    assert len(diffs) == 2 and max(diffs) < 1e-4
+    assert "SEQSERVE_READY" in res.output and "server stopped" in res.output
+
+
+def test_quickstart_without_serving_packages_and_stops(tmp_path):
+    res = run("quickstart", "--out", tmp_path / "qs", "--families", "lstm", "--preset", "tiny", "--minutes", "0.01",
+              "--max-tokens", "4", "--repository", tmp_path / "repo", "--no-serve")
+    assert res.exit_code == 0, res.output
+    assert "seqserve serve --repository" in res.output and "SEQSERVE_READY" not in res.output
+    assert (tmp_path / "repo" / "lstm_generate" / "1" / "seqserve.json").is_file()
