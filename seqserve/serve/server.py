@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from seqserve.errors import SeqserveError
 from seqserve.runtime import RuntimeOptions
@@ -147,18 +149,67 @@ def run_server(config: ServerConfig, on_loaded=None, on_ready=None) -> None:
     async def main():
         server = Server(config)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, server.request_stop)
-        await loop.run_in_executor(None, server.load)
-        if on_loaded:
-            on_loaded(server.repo)
+        restore_signals = _catch_signals(loop, server.request_stop)
         try:
-            await server.start()
-        except BaseException:
-            await loop.run_in_executor(None, server.repo.close)
-            raise
-        if on_ready:
-            on_ready(server)
-        await server.wait_stopped()
+            await loop.run_in_executor(None, server.load)
+            if on_loaded:
+                on_loaded(server.repo)
+            try:
+                await server.start()
+            except BaseException:
+                await loop.run_in_executor(None, server.repo.close)
+                raise
+            if on_ready:
+                on_ready(server)
+            await server.wait_stopped()
+        finally:
+            restore_signals()
 
     asyncio.run(main())
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _catch_signals(loop: asyncio.AbstractEventLoop, on_signal) -> Callable[[], None]:
+    """Run on_signal() in the loop for each SIGINT/SIGTERM; returns a function that undoes this.
+
+    Not loop.add_signal_handler: asyncio passes signals through the socket that
+    call_soon_threadsafe also writes to, and the model workers call that once per iteration. Each
+    1-byte write takes a whole socket-buffer slot (about 280 fit), so when the loop lags behind a
+    generating worker the socket is full, the signal's byte is dropped ("Exception ignored when
+    trying to write to the signal wakeup fd") and the signal never reaches asyncio: a SIGTERM sent
+    during a long stream under load was ignored. Here signals get a pipe of their own.
+    """
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+
+    def read_signals() -> None:
+        try:
+            data = os.read(rfd, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        for signum in data:            # one byte per signal delivered
+            if signum in _STOP_SIGNALS:
+                on_signal()
+
+    loop.add_reader(rfd, read_signals)
+    # The C-level handler (installed with any Python handler) writes the signal number to the
+    # wakeup fd; the Python-level handler has nothing left to do.
+    old_handlers = {sig: signal.signal(sig, _ignore_in_python) for sig in _STOP_SIGNALS}
+    old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+
+    def restore() -> None:
+        signal.set_wakeup_fd(old_fd)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        loop.remove_reader(rfd)
+        os.close(rfd)
+        os.close(wfd)
+
+    return restore
+
+
+def _ignore_in_python(signum, frame) -> None:
+    pass
