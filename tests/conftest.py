@@ -54,3 +54,41 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def served_repo(tmp_path_factory, exported):
+    """served_repo(*families, **package_options) -> Path of a model repository (`seqserve package`).
+
+    Default: the lstm and gpt exports (models lstm, lstm_step, lstm_generate, gpt, ...); name
+    other families to add them. Keyword arguments are seqserve.package.PackageOptions for every
+    model of that repository (e.g. max_sequences=2, sequence_idle_seconds=1): each distinct
+    combination is its own repository, packaged once per session.
+    """
+    from seqserve.package import PackageOptions, package_export
+
+    root = tmp_path_factory.mktemp("served")
+    cache: dict = {}
+
+    def make(*families: str, **options) -> Path:
+        families = families or ("lstm", "gpt")
+        key = (tuple(families), tuple(sorted(options.items())))
+        if key not in cache:
+            repo = root / f"repo{len(cache)}-{'-'.join(families)}"
+            for family in families:
+                package_export(exported(family), repo, options=PackageOptions(**options))
+            cache[key] = repo
+        return cache[key]
+
+    return make
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used a `seqserve serve` process (tests/serving.py) shows its log's tail."""
+    report = yield
+    if report.failed:
+        from serving import server_log_sections
+
+        report.sections.extend(server_log_sections(item))
+    return report
