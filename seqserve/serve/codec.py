@@ -133,11 +133,25 @@ def check_parameters(params, where: str) -> dict:
     return params
 
 
+# numpy cannot hold an array whose dims (zeros aside) multiply past this, even an empty one.
+_MAX_ELEMENTS = 2**62
+
+
 def _shape(shape, name: str) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise bad(f"input {name!r}: \"shape\" must be an array of non-negative integers, "
                   f"got {shape!r}")
-    return tuple(shape)
+    return _check_size(name, tuple(shape))
+
+
+def _check_size(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    size = 1
+    for d in shape:
+        size *= max(d, 1)
+        if size > _MAX_ELEMENTS:
+            raise bad(f"input {name!r}: shape {_shape_text(shape)} is too large (more than 2**62 "
+                      "elements, even counting only its non-zero dimensions)")
+    return shape
 
 
 def _shape_text(shape) -> str:
@@ -576,7 +590,7 @@ def decode_grpc_infer(request: pb.ModelInferRequest) -> InferRequest:
                       f"{_DATATYPE_LIST}")
         if any(d < 0 for d in tensor.shape):
             raise bad(f"input {name!r}: shape {list(tensor.shape)} has a negative dimension")
-        shape = tuple(tensor.shape)
+        shape = _check_size(name, tuple(tensor.shape))
         _refuse_unsupported(tensor.parameters, f"input {name!r}")
         if raw:
             if tensor.contents.ListFields():
