@@ -19,6 +19,9 @@ def command(
     max_sequences: Annotated[int, typer.Option(help="Step model: sequences kept at once.")] = 64,
     sequence_idle_seconds: Annotated[float, typer.Option(help="Step model: drop a sequence's state after this long idle.")] = 60.0,
     max_streams: Annotated[int, typer.Option(help="Generate model: concurrent generation streams.")] = 64,
+    target: Annotated[str, typer.Option(
+        help="seqserve (the embedded server), triton-gpu (NGC tritonserver: onnxruntime backend on GPU, "
+             "implicit state) or triton-python (tritonserver's python backend; runs on CPU).")] = "seqserve",
 ):
     """Write the export as Triton models NAME (full), NAME_step (stateful) and NAME_generate (text)."""
     from rich.table import Table
@@ -27,7 +30,8 @@ def command(
     from seqserve.package import PackageOptions, package_export
 
     options = PackageOptions(max_batch_size=max_batch_size, max_sequences=max_sequences,
-                             sequence_idle_seconds=sequence_idle_seconds, max_streams=max_streams)
+                             sequence_idle_seconds=sequence_idle_seconds, max_streams=max_streams,
+                             target=target)
     models = package_export(export_dir, repository, name=name, version=version, options=options)
 
     table = Table(title="Triton models written")
@@ -41,4 +45,7 @@ def command(
             + (f" + {state} state" if state else "") + " → " + ", ".join(t.name for t in m.config.output)
         table.add_row(Text(m.name), str(m.version), m.kind, Text(io), Text(str(m.path)))
     console.print(table)
-    console.print(f"next: seqserve serve --repository {repository}", markup=False, highlight=False, soft_wrap=True)
+    engine = {"seqserve": "", "triton-python": " --engine triton"}.get(target)
+    nxt = (f"seqserve serve --repository {repository}{engine}" if engine is not None
+           else "docker compose up (the NGC tritonserver container; see the README's GPU stack)")
+    console.print(f"next: {nxt}", markup=False, highlight=False, soft_wrap=True)

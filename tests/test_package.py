@@ -298,3 +298,57 @@ def test_cli_errors_are_one_line(exported, tmp_path):
     assert not repo.exists()
     (tmp_path / "file").write_text("x")
     assert_one_line_error(run("package", exported("rnn"), "--repository", tmp_path / "file"), "is a file")
+
+
+# ---- targets: triton-gpu (native onnxruntime backend) and triton-python (python backend) ------
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("target", ["triton-gpu", "triton-python"])
+def test_triton_targets_parse_strictly_and_agree_with_onnx(exported, tmp_path, family, target):
+    info = load_export(exported(family))
+    package_export(exported(family), tmp_path / "repo", options=PackageOptions(target=target))
+    step_inputs = {t.name for t in info.graph("step").inputs}
+    for model, kind in models_of(family).items():
+        folder = tmp_path / "repo" / model
+        cfg = read_config(folder)                      # strict protobuf parse
+        assert cfg.parameters["seqserve.target"].string_value == target
+        assert check_against_onnx(cfg, folder / "1" / "model.onnx", info.graph(KIND_GRAPH[kind])) == []
+        python = target == "triton-python" or kind == "generate"
+        assert (cfg.backend, cfg.platform) == (("python", "") if python else ("", "onnxruntime_onnx"))
+        files = sorted(p.name for p in (folder / "1").iterdir())
+        assert files == (["model.onnx", "model.py", "seqserve.json"] if python else ["model.onnx", "seqserve.json"])
+        if python:
+            assert "from seqserve.triton.python_model import TritonPythonModel" in (folder / "1" / "model.py").read_text()
+        gpu = mc.ModelInstanceGroup.KIND_GPU if target == "triton-gpu" else mc.ModelInstanceGroup.KIND_CPU
+        assert [g.kind for g in cfg.instance_group] == [gpu]
+        if target == "triton-gpu" and not python:
+            assert [a.name for a in cfg.optimization.execution_accelerators.gpu_execution_accelerator] == ["cuda"]
+        if kind != "step":
+            continue
+        pairs = {(p.input, p.output) for p in info.graph("step").state}
+        states = {(s.input_name, s.output_name) for s in cfg.sequence_batching.state}
+        if target == "triton-gpu":
+            # implicit state carries every state pair; a new sequence starts from zeros / empty past
+            assert states == pairs
+            for s in cfg.sequence_batching.state:
+                (init,) = s.initial_state
+                assert init.zero_data and all(d >= 0 for d in init.dims)
+            # the native backend derives nothing: what the graph needs besides state, the client sends
+            assert {i.name for i in cfg.input} == step_inputs - {p.input for p in info.graph("step").state}
+            growing = any(p.seq_axis is not None for p in info.graph("step").state)
+            assert cfg.max_batch_size == (1 if growing else 16)
+        else:
+            assert states == set()          # the python backend ignores implicit state: the model keeps it
+            assert {i.name for i in cfg.input} == {"input_ids"}
+
+
+def test_retargeting_an_existing_model_is_refused(exported, tmp_path):
+    package_export(exported("lstm"), tmp_path / "repo")
+    with pytest.raises(SeqserveError, match="target"):
+        package_export(exported("lstm"), tmp_path / "repo", options=PackageOptions(target="triton-python"))
+    assert list_versions(tmp_path / "repo" / "lstm") == [1]
+
+
+def test_unknown_target_is_refused():
+    with pytest.raises(SeqserveError, match="unknown target 'triton'.*triton-gpu"):
+        PackageOptions(target="triton")

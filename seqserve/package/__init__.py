@@ -7,15 +7,16 @@
     DIR/<model>/<N>/seqserve.json     the export sidecar, graphs -> model.onnx, plus "serve"
 """
 
-from seqserve.package.repository import (CONFIG, MODEL_FILE, PackagedModel, ServedVersion, list_versions,
+from seqserve.package.repository import (CONFIG, MODEL_FILE, PYTHON_MODEL, PackagedModel, ServedVersion, list_versions,
                                          load_version, package_export, read_config, served_sidecar)
-from seqserve.package.triton_config import (DERIVED_INPUTS, KIND_GRAPH, KINDS, ModelConfig, PackageOptions,
-                                            build_configs, check_against_onnx, check_model_name,
-                                            derived_inputs, kind_of, model_names, onnx_signature,
-                                            parse_config, to_pbtxt)
+from seqserve.package.triton_config import (DERIVED_INPUTS, KIND_GRAPH, KINDS, TARGETS, ModelConfig,
+                                            PackageOptions, build_configs, check_against_onnx, check_model_name,
+                                            derived_inputs, keeps_own_state, kind_of, model_names,
+                                            onnx_signature, parse_config, target_of, to_pbtxt)
 
 __all__ = [
-    "CONFIG", "DERIVED_INPUTS", "KINDS", "KIND_GRAPH", "MODEL_FILE", "ModelConfig", "PackageOptions",
+    "CONFIG", "DERIVED_INPUTS", "KINDS", "KIND_GRAPH", "MODEL_FILE", "PYTHON_MODEL", "TARGETS", "ModelConfig",
+    "PackageOptions", "keeps_own_state", "target_of",
     "PackagedModel", "ServedVersion", "build_configs", "check_against_onnx", "check_model_name",
     "derived_inputs", "kind_of", "list_versions", "load_version", "model_names", "onnx_signature",
     "package_export", "parse_config", "read_config", "served_sidecar", "to_pbtxt",

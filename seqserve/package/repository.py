@@ -18,11 +18,21 @@ from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import SIDECAR, ExportInfo, load_export
 from seqserve.io import atomic_dir, atomic_write_text, check_replaceable, write_json
 from seqserve.package.triton_config import (KIND_GRAPH, KINDS, ModelConfig, PackageOptions, build_configs,
-                                            check_against_onnx, kind_of, parse_config,
+                                            check_against_onnx, kind_of, parse_config, target_of,
                                             to_pbtxt, type_name)
 
 CONFIG = "config.pbtxt"
 MODEL_FILE = "model.onnx"
+PYTHON_MODEL = "model.py"
+
+# A python-backend model (targets triton-python, and generate under triton-gpu): Triton's stub
+# imports model.py and looks for TritonPythonModel; ours is seqserve's served model of this kind.
+PYTHON_MODEL_TEXT = '''"""Written by `seqserve package`: Triton's python backend runs seqserve's served model of this
+kind (config.pbtxt's seqserve.kind) on this folder's model.onnx and seqserve.json. Needs the
+seqserve package in the Python the stub runs (`seqserve serve --engine triton` arranges it)."""
+
+from seqserve.triton.python_model import TritonPythonModel  # noqa: F401
+'''
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,8 @@ def package_export(export_dir: str | Path, repository: str | Path, name: str | N
                 tmp = stack.enter_context(atomic_dir(repository / model / str(version), SIDECAR))
                 _link_or_copy(info.graph_path(graph), tmp / MODEL_FILE)
                 write_json(tmp / SIDECAR, served_sidecar(info, kind))
+                if cfg.backend == "python":
+                    (tmp / PYTHON_MODEL).write_text(PYTHON_MODEL_TEXT)
                 written.append(PackagedModel(model, version, kind, repository / model / str(version), cfg))
         for model, cfg in configs.items():
             atomic_write_text(repository / model / CONFIG, to_pbtxt(cfg))
@@ -174,6 +186,7 @@ def _signature(cfg: ModelConfig) -> dict[str, list[str]]:
         return f"{x.name} {type_name(x.data_type)} {list(x.dims)}"
 
     return {"kind": [cfg.parameters["seqserve.kind"].string_value if "seqserve.kind" in cfg.parameters else ""],
+            "target": [target_of(cfg)],
             "inputs": [t(x) for x in cfg.input], "outputs": [t(x) for x in cfg.output],
             "state": [f"{s.input_name}->{s.output_name} {type_name(s.data_type)} {list(s.dims)}"
                       for s in cfg.sequence_batching.state]}

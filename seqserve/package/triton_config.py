@@ -6,6 +6,18 @@ Triton (and our server, which reads the same message) will parse. Three kinds pe
     full      NAME           full graph, dynamic batching
     step      NAME_step      step graph, sequence batching; the server keeps the state pairs
     generate  NAME_generate  step graph behind a decoupled text-in/text-out model
+
+and three targets, which differ only in who runs the graph (the client sees the same models):
+
+    seqserve       `seqserve serve`: ONNX Runtime in-process (platform onnxruntime_onnx for
+                   full/step; backend "seqserve" for generate)
+    triton-gpu     NGC tritonserver: Triton's native onnxruntime backend on KIND_GPU instances for
+                   full/step (implicit state carries h/c or the KV cache); generate is a python-
+                   backend model running seqserve's decoding loop on the GPU
+    triton-python  tritonserver with the python backend only (e.g. the nvidia-pytriton wheel): all
+                   three are python-backend models (model.py) running seqserve's served models;
+                   the python backend ignores implicit state, so the step model keeps each
+                   sequence's state itself, keyed by correlation id
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from seqserve.spec import GraphSpec, TensorSpec
 ModelConfig = mc.ModelConfig
 
 KINDS = ("full", "step", "generate")
+TARGETS = ("seqserve", "triton-gpu", "triton-python")
 KIND_GRAPH = {"full": "full", "step": "step", "generate": "step"}   # which ONNX graph each serves
 SUFFIX = {"full": "", "step": "_step", "generate": "_generate"}
 
@@ -56,8 +69,11 @@ class PackageOptions:
     max_sequences: int = 64              # step model: sequences kept at once (oldest strategy)
     sequence_idle_seconds: float = 60.0  # step model: a sequence's state is dropped after this idle
     max_streams: int = 64                # generate model: concurrent generation streams
+    target: str = "seqserve"             # who serves it: see TARGETS above
 
     def __post_init__(self):
+        if self.target not in TARGETS:
+            raise SeqserveError(f"unknown target {self.target!r}; expected one of {list(TARGETS)}")
         for field in ("max_batch_size", "max_sequences", "max_streams"):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -126,9 +142,42 @@ def build_configs(info: ExportInfo, name: str, options: PackageOptions) -> dict[
             names["generate"]: _generate(names["generate"], options)}
 
 
-def _common(cfg: ModelConfig, kind: str) -> ModelConfig:
+def target_of(cfg: ModelConfig) -> str:
+    """The `seqserve.target` parameter ("seqserve" for configs written before targets existed)."""
+    t = cfg.parameters["seqserve.target"].string_value if "seqserve.target" in cfg.parameters else ""
+    return t or "seqserve"
+
+
+def keeps_own_state(cfg: ModelConfig) -> bool:
+    """True for a python-backend model: it keeps sequence state itself (the python backend ignores
+    implicit state), so its config lists no `state` and the graph's state inputs are its own."""
+    return cfg.backend == "python"
+
+
+def _runner(cfg: ModelConfig, o: PackageOptions, kind: str) -> None:
+    """Who runs the graph: platform/backend and instance group, per target."""
+    gpu = o.target == "triton-gpu"
+    python = o.target == "triton-python" or (kind == "generate" and o.target != "seqserve")
+    if python:
+        cfg.backend = "python"
+    elif kind == "generate":
+        cfg.backend = "seqserve"
+    else:
+        cfg.platform = "onnxruntime_onnx"
+    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU)
+    if gpu and not python:
+        # Triton's onnxruntime backend: the CUDA execution provider, its arena growing by what is
+        # asked (a KV cache grows a step at a time; powers of two would waste up to half).
+        cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="cuda")
+        cfg.parameters["arena_extend_strategy"].string_value = "1"
+    if python and gpu:
+        cfg.parameters["seqserve.device"].string_value = "cuda"
+
+
+def _common(cfg: ModelConfig, kind: str, o: PackageOptions) -> ModelConfig:
     cfg.version_policy.latest.num_versions = 1      # serve the newest version only
     cfg.parameters["seqserve.kind"].string_value = kind
+    cfg.parameters["seqserve.target"].string_value = o.target
     return cfg
 
 
@@ -138,20 +187,27 @@ def _add_tensors(dest, tensors) -> None:
 
 
 def _full(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
-    cfg = ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=o.max_batch_size)
+    cfg = ModelConfig(name=name, max_batch_size=o.max_batch_size)
     _add_tensors(cfg.input, graph.inputs)
     _add_tensors(cfg.output, graph.outputs)
     cfg.dynamic_batching.max_queue_delay_microseconds = 0   # no waiting: batch what is queued
     cfg.dynamic_batching.SetInParent()                      # present even though all fields are 0
-    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
-    return _common(cfg, "full")
+    _runner(cfg, o, "full")
+    return _common(cfg, "full", o)
 
 
 def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
-    cfg = ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=o.max_batch_size)
+    native = o.target == "triton-gpu"          # Triton's own onnxruntime backend runs the graph
+    growing = any(p.seq_axis is not None for p in graph.state)
+    # A KV cache's past axis differs between sequences, and Triton's native backend stacks the
+    # implicit states of a batch as they are: one sequence per execution there.
+    batch = 1 if native and growing else o.max_batch_size
+    cfg = ModelConfig(name=name, max_batch_size=batch)
     state_in = graph.state_inputs
     state_out = {p.output for p in graph.state}
-    derived = [t.name for t in graph.inputs if t.name in DERIVED_INPUTS]
+    # Triton's native backend cannot compute attention_mask/position_ids from the sequence it
+    # keeps: there the client sends them; our server and the python backend derive them.
+    derived = [] if native else [t.name for t in graph.inputs if t.name in DERIVED_INPUTS]
     _add_tensors(cfg.input, [t for t in graph.inputs if t.name not in state_in and t.name not in derived])
     _add_tensors(cfg.output, [t for t in graph.outputs if t.name not in state_out])
     sb = cfg.sequence_batching
@@ -161,7 +217,9 @@ def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
                            ("READY", C.CONTROL_SEQUENCE_READY)):
         sb.control_input.add(name=ctl_name).control.add(kind=kind, int32_false_true=[0, 1])
     sb.control_input.add(name="CORRID").control.add(kind=C.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
-    for pair in graph.state:
+    # Implicit state: Triton's native backend carries it; the python backend would ignore it
+    # (the model keeps state itself), so triton-python configs leave it out.
+    for pair in (graph.state if o.target != "triton-python" else ()):
         t = graph.input(pair.input)
         dims = config_dims(t)
         st = sb.state.add(input_name=pair.input, output_name=pair.output,
@@ -171,14 +229,14 @@ def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
                              zero_data=True, name="zeros")
     sb.oldest.max_candidate_sequences = o.max_sequences
     sb.oldest.max_queue_delay_microseconds = 0
-    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    _runner(cfg, o, "step")
     if derived:
         cfg.parameters["seqserve.derived_inputs"].string_value = ",".join(derived)
-    return _common(cfg, "step")
+    return _common(cfg, "step", o)
 
 
 def _generate(name: str, o: PackageOptions) -> ModelConfig:
-    cfg = ModelConfig(name=name, backend="seqserve", max_batch_size=0)
+    cfg = ModelConfig(name=name, max_batch_size=0)
     cfg.model_transaction_policy.decoupled = True    # many responses (text pieces) per request
     cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1])
     for n, t, dims in GENERATE_OPTIONAL:
@@ -186,7 +244,8 @@ def _generate(name: str, o: PackageOptions) -> ModelConfig:
     cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[1])
     cfg.output.add(name="finish_reason", data_type=mc.TYPE_STRING, dims=[1])
     cfg.parameters["seqserve.max_streams"].string_value = str(o.max_streams)
-    return _common(cfg, "generate")
+    _runner(cfg, o, "generate")
+    return _common(cfg, "generate", o)
 
 
 # ---- text form --------------------------------------------------------------------------------
@@ -294,11 +353,16 @@ def check_against_onnx(cfg: ModelConfig, onnx_path: str | Path, spec: GraphSpec)
         problems += _compare("state input", s.input_name, s.data_type, list(s.dims), inputs, batched)
         problems += _compare("state output", s.output_name, s.data_type, list(s.dims), outputs, batched)
     have_pairs = {(s.input_name, s.output_name) for s in states}
+    own = keeps_own_state(cfg)
     for p in spec.state:
+        if own:         # the model keeps the state itself: the graph's state pairs are its business
+            break
         if (p.input, p.output) not in have_pairs:
             problems.append(f"state pair {p.input} -> {p.output} of the {spec.name} graph has no "
                             "sequence_batching state in the config")
     fed = {t.name for t in cfg.input} | {s.input_name for s in states} | set(derived_inputs(cfg))
+    if own and cfg.sequence_batching.ByteSize():
+        fed |= set(spec.state_inputs)
     for n in inputs:
         if n not in fed:
             problems.append(f"ONNX graph input {n} is fed by nothing in the config (not an input, "
