@@ -21,6 +21,8 @@ from seqserve.serve.stats import ModelStats
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
 
+INLINE_TOKENS = 8     # requests up to this many tokens may run inline on the loop (worker.py)
+
 # Triton config data_type -> KServe datatype
 TRITON_TO_KSERVE = {
     "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16", "TYPE_UINT32": "UINT32",
@@ -217,8 +219,9 @@ class FullModel(ServedModelBase):
         feeds = {"input_ids": ids.astype(np.int64, copy=False)}
         key = tuple((k, v.shape[1:]) for k, v in feeds.items())
         self.stats.add_pending(1)
-        self.worker.submit(_Job(feeds, ids.shape[0], key, loop, fut, t0))
         try:
+            job = _Job(feeds, ids.shape[0], key, loop, fut, t0)
+            await self.worker.dispatch(job, ids.size <= INLINE_TOKENS, lambda: self.stats.pending)
             outputs = await fut
         finally:
             self.stats.add_pending(-1)

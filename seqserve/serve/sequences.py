@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seqserve.generation.cache import DecodeState
-from seqserve.serve.models import ServedModelBase
+from seqserve.serve.models import INLINE_TOKENS, ServedModelBase
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
 
@@ -130,8 +130,8 @@ class StepModel(ServedModelBase):
             self.stats.request_failed(now_ns() - t0)
             raise
         self.stats.add_pending(1)
-        self.worker.submit(step)
         try:
+            await self.worker.dispatch(step, step.ids.shape[1] <= INLINE_TOKENS, lambda: self.stats.pending)
             logits = await step.fut
         finally:
             self.stats.add_pending(-1)
