@@ -11,7 +11,9 @@ from cli.common import console
 
 
 def command(
-    export: Annotated[Path, typer.Argument(help="Export folder from `seqserve export`.")],
+    export: Annotated[Optional[Path], typer.Argument(help="Export folder from `seqserve export`.")] = None,
+    repository: Annotated[Optional[Path], typer.Option(
+        help="Instead of an export: check every model and version of a repository from `seqserve package`.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
@@ -20,7 +22,8 @@ def command(
 ):
     """Gate an export: ONNX checker, dynamic axes, torch vs ONNX Runtime, incremental == full, greedy tokens.
 
-    Exits non-zero if any check fails.
+    With --repository: every config.pbtxt parses strictly and agrees with its ONNX graph, and every
+    graph runs. Exits non-zero if any check fails.
     """
     import json
 
@@ -30,9 +33,16 @@ def command(
 
     if json_out is not None and json_out.is_dir():
         raise SeqserveError(f"--json {json_out} is a folder; expected a file path")
+    if (export is None) == (repository is None):
+        raise SeqserveError("give an export folder or --repository DIR (one of the two)")
     with console.status("validating") as status:
-        report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens),
-                                 progress=lambda msg: status.update(msg))
+        if repository is not None:
+            from seqserve.validate.repository import validate_repository
+
+            report = validate_repository(repository, progress=lambda msg: status.update(msg))
+        else:
+            report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens),
+                                     progress=lambda msg: status.update(msg))
     render_report(report, console, verbose=not summary)
     if json_out:
         atomic_write_text(json_out, json.dumps(report.to_json(), indent=2) + "\n")
