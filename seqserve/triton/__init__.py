@@ -1,0 +1,1 @@
+"""Triton Inference Server: a real tritonserver run by seqserve (launcher.py) and what runs in it."""
