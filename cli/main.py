@@ -27,6 +27,7 @@ COMMANDS = {
     "bench": "cli.bench",
     "package": "cli.package",
     "serve": "cli.serve",
+    "loadtest": "cli.loadtest",
 }
 
 for _name, _module in COMMANDS.items():

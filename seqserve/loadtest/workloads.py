@@ -1,0 +1,276 @@
+"""What is sent: inputs synthesized from the model's metadata (or read from a file), encoded once.
+
+- infer:    a pool of requests with random valid inputs, sent round-robin;
+- sequence: each lane runs sequences of --sequence-length steps with a fresh sequence id,
+            `sequence_start` on the first step and `sequence_end` on the last;
+- generate: one streamed request per prompt (`text_input`, plus `max_tokens` when the model has it).
+
+Synthesized inputs: variable axes (-1) get --input-length (default 1), the batch axis 1; integer
+inputs get token ids in [0, vocab) where vocab is the last dim of the `logits` output (else
+[0, 16)); floats N(0, 1); BYTES short ASCII strings. Optional inputs are left out.
+The perf_analyzer JSON data format is read too (`{"data": [{"input_ids": [1, 2]}, ...]}`; for
+sequences a list per sequence), so both tools can send the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from itertools import count
+from pathlib import Path
+
+import numpy as np
+
+from seqserve.errors import SeqserveError
+from seqserve.loadtest.config import LoadTestConfig
+from seqserve.loadtest.discovery import ModelInfo, Tensor
+
+POOL = 16                 # distinct synthesized requests (infer) / step inputs (sequence)
+PROMPT_CHARS = 32         # default length of a synthesized prompt
+UNKNOWN_VOCAB = 16        # integer inputs of a model without a logits output: ids in [0, 16)
+_WORDS = ("the", "def", "return", "self", "value", "import", "class", "for", "in", "if", "not", "none",
+          "data", "name", "list", "item", "line", "text", "file", "path", "and", "or", "is", "with")
+_NP = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+       "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+       "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_}
+
+
+def _shape(t: Tensor, info: ModelInfo, length: int) -> tuple[int, ...]:
+    batched = info.max_batch_size > 0
+    return tuple(1 if (batched and i == 0 and d == -1) else (length if d == -1 else d)
+                 for i, d in enumerate(t.shape))
+
+
+def synthesize(t: Tensor, shape: tuple[int, ...], vocab: int | None, rng: np.random.Generator) -> np.ndarray:
+    dt = _NP.get(t.datatype)
+    if dt is None:
+        raise SeqserveError(f"input '{t.name}' has datatype {t.datatype}, which the load tester cannot synthesize")
+    if t.datatype == "BYTES":
+        return np.array([" ".join(rng.choice(_WORDS, 2)).encode() for _ in range(int(np.prod(shape)))],
+                        dtype=object).reshape(shape)
+    if t.datatype == "BOOL":
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    if np.issubdtype(dt, np.integer):
+        high = min(vocab or UNKNOWN_VOCAB, int(np.iinfo(dt).max))
+        return rng.integers(0, high, shape).astype(dt)
+    return rng.standard_normal(shape).astype(dt)
+
+
+def synthesized_inputs(info: ModelInfo, cfg: LoadTestConfig, n: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    length = cfg.input_length or 1
+    wanted = [t for t in info.inputs if not t.optional]
+    return [{t.name: synthesize(t, _shape(t, info, length), info.vocab, rng) for t in wanted} for _ in range(n)]
+
+
+# ---- perf_analyzer's input data JSON ------------------------------------------------------------
+
+def _tensor_from_json(t: Tensor, value, info: ModelInfo, where: str) -> np.ndarray:
+    if isinstance(value, dict):
+        if "b64" in value:
+            raise SeqserveError(f"{where}: b64 input data is not supported; give \"content\" as a list")
+        content, shape = value.get("content"), value.get("shape")
+    else:
+        content, shape = value, None
+    if not isinstance(content, list):
+        raise SeqserveError(f"{where}: input '{t.name}' should be a list of values (or {{\"content\": [...], "
+                            f"\"shape\": [...]}})")
+    flat = np.array(content, dtype=_NP[t.datatype] if t.datatype != "BYTES" else object).reshape(-1)
+    dims = t.shape[1:] if info.max_batch_size > 0 else t.shape
+    if shape is None:
+        fixed = int(np.prod([d for d in dims if d != -1])) if dims else 1
+        free = [i for i, d in enumerate(dims) if d == -1]
+        if len(free) > 1:
+            raise SeqserveError(f"{where}: input '{t.name}' has several variable axes: give its \"shape\"")
+        shape = [flat.size // max(fixed, 1) if d == -1 else d for d in dims]
+    if int(np.prod(shape)) != flat.size:
+        raise SeqserveError(f"{where}: input '{t.name}' has {flat.size} values, which do not fill shape {list(shape)}")
+    if t.datatype == "BYTES":
+        flat = np.array([v.encode() if isinstance(v, str) else v for v in flat], dtype=object)
+    a = flat.reshape(shape)
+    return a[None] if info.max_batch_size > 0 else a
+
+
+def load_input_data(path: Path, info: ModelInfo, sequences: bool) -> list:
+    """perf_analyzer's --input-data JSON: a list of steps (dicts of inputs), or for sequence
+    models a list of sequences, each a list of steps."""
+    try:
+        data = json.loads(Path(path).read_text())["data"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SeqserveError(f"--prompts {path}: not perf_analyzer input data ({{\"data\": [...]}}): {e}") from None
+    if not isinstance(data, list) or not data:
+        raise SeqserveError(f"--prompts {path}: \"data\" should be a non-empty list")
+    names = {t.name for t in info.inputs}
+    required = [t for t in info.inputs if not t.optional]
+
+    def step(entry, where):
+        if not isinstance(entry, dict):
+            raise SeqserveError(f"{where}: expected an object of inputs, got {type(entry).__name__}")
+        unknown = set(entry) - names
+        if unknown:
+            raise SeqserveError(f"{where}: model '{info.name}' has no input {sorted(unknown)[0]!r}")
+        missing = [t.name for t in required if t.name not in entry]
+        if missing:
+            raise SeqserveError(f"{where}: input '{missing[0]}' is missing")
+        return {t.name: _tensor_from_json(t, entry[t.name], info, where) for t in info.inputs if t.name in entry}
+
+    if sequences:
+        seqs = [s if isinstance(s, list) else [s] for s in data]
+        return [[step(e, f"--prompts {path}: sequence {i} step {j}") for j, e in enumerate(s)] for i, s in enumerate(seqs)]
+    if any(isinstance(e, list) for e in data):
+        data = [e for s in data for e in (s if isinstance(s, list) else [s])]
+    return [step(e, f"--prompts {path}: entry {i}") for i, e in enumerate(data)]
+
+
+def load_prompts(path: Path) -> list[str]:
+    """Prompts: a .json list of strings, .jsonl (a string or {"text_input"|"prompt": ...} per line),
+    or plain text with one prompt per line."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            prompts = json.loads(text)
+            if isinstance(prompts, dict):
+                prompts = prompts.get("prompts") or prompts.get("data")
+        elif path.suffix == ".jsonl":
+            prompts = []
+            for line in text.splitlines():
+                if line.strip():
+                    v = json.loads(line)
+                    prompts.append(v if isinstance(v, str) else v.get("text_input", v.get("prompt")))
+        else:
+            prompts = [line for line in text.splitlines() if line.strip()]
+    except (ValueError, AttributeError) as e:
+        raise SeqserveError(f"--prompts {path}: {e}") from None
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise SeqserveError(f"--prompts {path}: expected a list of non-empty prompts (strings)")
+    return prompts
+
+
+def synthesized_prompts(n: int, chars: int, seed: int) -> list[str]:
+    """Lower-case words and spaces, `chars` long: characters every text tokenizer knows."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        words = []
+        while sum(len(w) + 1 for w in words) < chars:
+            words.append(str(rng.choice(_WORDS)))
+        out.append(" ".join(words)[:chars])
+    return out
+
+
+# ---- workloads ----------------------------------------------------------------------------------
+
+class InferWorkload:
+    streaming = False
+
+    def __init__(self, encoder, samples: list[dict]):
+        self.payloads = [encoder.infer(s) for s in samples]
+        self._i = count()
+
+    def new_slot(self):
+        return None
+
+    def next(self, slot) -> bytes:
+        return self.payloads[next(self._i) % len(self.payloads)]
+
+    def probe(self) -> bytes:
+        return self.payloads[0]
+
+
+class _Sequence:
+    __slots__ = ("seq_id", "step", "steps")
+
+    def __init__(self):
+        self.seq_id, self.step, self.steps = 0, 0, None
+
+
+class SequenceWorkload:
+    """Each slot runs one sequence at a time: step 0 starts it, step L-1 ends it; the next step
+    of a slot is sent only after the previous one was answered, so the server sees them in order."""
+    streaming = False
+
+    def __init__(self, encoder, sequences: list[list[dict]], length: int | None, id_base: int):
+        self.encoder, self.sequences, self.length = encoder, sequences, length
+        self._ids = count(id_base)
+        self._pick = count()
+        self.started = self.completed = 0
+
+    def new_slot(self) -> _Sequence:
+        return _Sequence()
+
+    def next(self, slot: _Sequence) -> bytes:
+        if slot.step == 0:
+            slot.seq_id = next(self._ids)
+            slot.steps = self.sequences[next(self._pick) % len(self.sequences)]
+            self.started += 1
+        n = self.length or len(slot.steps)
+        i = slot.step
+        params = {"sequence_id": slot.seq_id, "sequence_start": i == 0, "sequence_end": i == n - 1}
+        payload = self.encoder.infer(slot.steps[i % len(slot.steps)], params)
+        slot.step = 0 if i == n - 1 else i + 1
+        if i == n - 1:
+            self.completed += 1
+        return payload
+
+    def probe(self) -> bytes:
+        """A one-step sequence (start and end), its own id."""
+        params = {"sequence_id": next(self._ids), "sequence_start": True, "sequence_end": True}
+        return self.encoder.infer(self.sequences[0][0], params)
+
+
+class GenerateWorkload:
+    streaming = True
+
+    def __init__(self, payloads: list[bytes]):
+        self.payloads = payloads
+        self._i = count()
+
+    def new_slot(self):
+        return None
+
+    def next(self, slot) -> bytes:
+        return self.payloads[next(self._i) % len(self.payloads)]
+
+    def probe(self) -> bytes:
+        return self.payloads[0]
+
+
+def generate_fields(info: ModelInfo, prompt: str, max_tokens: int) -> dict:
+    fields: dict = {"text_input": prompt}
+    if info.input("max_tokens") is not None:
+        fields["max_tokens"] = max_tokens
+    return fields
+
+
+def build_workload(info: ModelInfo, cfg: LoadTestConfig, encoder, protocol: str):
+    """The workload object for cfg.workload, its requests encoded for `protocol`."""
+    seed = cfg.seed
+    if cfg.workload == "generate":
+        prompts = (load_prompts(cfg.prompts) if cfg.prompts is not None
+                   else synthesized_prompts(POOL, cfg.input_length or PROMPT_CHARS, seed))
+        payloads = []
+        for p in prompts:
+            fields = generate_fields(info, p, cfg.max_tokens)
+            if protocol == "http":
+                payloads.append(encoder.generate(fields))
+            else:
+                arrays = {"text_input": np.array([p.encode()], dtype=object)}
+                if "max_tokens" in fields:
+                    t = info.input("max_tokens")
+                    arrays["max_tokens"] = np.array([cfg.max_tokens], dtype=_NP[t.datatype])
+                if info.max_batch_size > 0:
+                    arrays = {k: v[None] for k, v in arrays.items()}
+                payloads.append(encoder.generate(arrays))
+        return GenerateWorkload(payloads)
+    sequences = cfg.workload == "sequence"
+    if cfg.prompts is not None:
+        data = load_input_data(cfg.prompts, info, sequences)
+    else:
+        data = synthesized_inputs(info, cfg, POOL, seed)
+        if sequences:
+            data = [data]      # one pool of steps, cycled by every sequence
+    if sequences:
+        # sequence ids: a random block per run, so two load tests on one server never share one
+        id_base = 1 + int.from_bytes(os.urandom(5), "little") * 1024
+        return SequenceWorkload(encoder, data, cfg.sequence_length if cfg.prompts is None else None, id_base)
+    return InferWorkload(encoder, data)
