@@ -270,9 +270,11 @@ def test_serve_engine_triton_loads_only_the_named_models_and_forwards_ctrl_c(tmp
 def test_a_killed_serve_leaves_no_tritonserver_behind(tmp_path):
     tritonserver_or_skip()
     repo = _write_repo(tmp_path / "repo")
-    server = start_server(repo, tmp_path / "logs", "--engine", "triton", "--model", "add", threads=None, timeout=180)
+    log = tmp_path / "triton.log"   # so the work folder is not a temporary one, which a SIGKILL would leak
+    server = start_server(repo, tmp_path / "logs", "--engine", "triton", "--model", "add", "--triton-log", log,
+                          threads=None, timeout=180)
     try:
-        assert _processes_using(repo)
+        assert _processes_using(repo) and "successfully loaded 'add'" in log.read_text()
         os.kill(server.pid, signal.SIGKILL)      # no chance to clean up: tritonserver gets SIGTERM from the kernel
         server.proc.wait(10)
         deadline = time.monotonic() + 60

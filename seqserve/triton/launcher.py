@@ -352,7 +352,7 @@ class TritonConfig:
     models: tuple[str, ...] = ()          # load only these (--model-control-mode=explicit); () = all
     backend_dir: Path | None = None       # a --backend-directory used as is; None = cached_backends()
     python_env: Path | None = None        # prefix of the stub's environment; None = see stub_python()
-    work_dir: Path | None = None          # cwd and log; None = a temporary folder removed by stop()
+    work_dir: Path | None = None          # cwd and log; None = log_file's folder, else a temporary one removed by stop()
     log_file: Path | None = None          # tritonserver's stdout+stderr; None = work_dir/tritonserver-<http>.log
     log_verbose: int = 0                  # --log-verbose
     exit_timeout_s: int = 30              # --exit-timeout-secs: how long SIGTERM waits for in-flight work
@@ -599,8 +599,11 @@ def start(config: TritonConfig, install: TritonInstall | None = None, *,
     install = install or find_tritonserver()
     repo = _check_repository(config)
     stub = stub_python(config.python_env)
-    owns_work_dir = config.work_dir is None
-    work_dir = Path(tempfile.mkdtemp(prefix="seqserve-triton-")) if owns_work_dir else Path(config.work_dir)
+    # a temporary folder only when there is nowhere else to put the log (a SIGKILLed caller leaks it)
+    owns_work_dir = config.work_dir is None and config.log_file is None
+    work_dir = (Path(config.work_dir) if config.work_dir is not None
+                else Path(config.log_file).absolute().parent if config.log_file is not None
+                else Path(tempfile.mkdtemp(prefix="seqserve-triton-")))
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         backends = (Path(config.backend_dir) if config.backend_dir is not None
