@@ -230,7 +230,7 @@ def test_a_corrupt_graph_is_reported_and_the_other_models_serve(triton_ready, re
         log = s.log_path.read_text(errors="replace")
         line = next(ln for ln in log.splitlines() if "│ lstm " in ln)
         assert "UNAVAILABLE" in line, log
-        assert "ONNX Runtime cannot load" in log or "onnx" in log.lower(), log
+        assert "ONNX Runtime cannot load" in log, log
         ids = np.array([[5, 6, 7]], np.int64)
         np.testing.assert_allclose(full_logits_http(s, "gru", ids), local_logits(exported("gru"), ids),
                                    rtol=1e-4, atol=1e-4)
