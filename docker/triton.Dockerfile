@@ -53,7 +53,10 @@ RUN set -eu; \
 COPY pyproject.toml README.md /src/
 COPY seqserve /src/seqserve
 COPY cli /src/cli
-RUN python3 -m pip install "onnxruntime-gpu==${ORT_GPU_VERSION}" /src \
+# numpy<2: Triton's python-backend stub 2.51 is built for the numpy 1 ABI (under numpy 2 every
+# output tensor arrives empty, measured; seqserve's model.py refuses to load there). numpy 1.26
+# is safe whichever ABI this image's stub was built for; SEQSERVE_STUB_NUMPY2_OK=1 overrides.
+RUN python3 -m pip install "onnxruntime-gpu==${ORT_GPU_VERSION}" "numpy<2" /src \
  && rm -rf /src \
  && python3 -c "import seqserve.triton.python_model, onnxruntime; print('seqserve for the python backend, onnxruntime', onnxruntime.__version__)"
 
