@@ -14,7 +14,7 @@ PROTOCOLS = ("http", "grpc")
 MODES = ("concurrency", "request_rate")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 LATE_MS = 1.0          # an open-loop send later than this after its scheduled time counts as late
-BEHIND_SHARE = 0.01    # ... and a level with more than this share of late sends is flagged
+BEHIND_SHARE = 0.05    # ... and a level with more than this share of late sends is flagged
 
 
 @dataclass(frozen=True)

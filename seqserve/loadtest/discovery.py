@@ -180,10 +180,10 @@ def describe_model(cfg: LoadTestConfig) -> ModelInfo:
 
 def check_fit(info: ModelInfo, workload: str, index: list[str] = (), url: str = "the server") -> None:
     """SeqserveError unless the model can run the workload; names a sibling model that can."""
-    def hint(suffix: str) -> str:
+    def hint(suffix: str, text: str = "; '{}' on this server is one") -> str:
         base = info.name.rsplit("_", 1)[0] if info.name.endswith(("_step", "_generate")) else info.name
         other = f"{base}{suffix}"
-        return f"; '{other}' on {url} is one" if other in index and other != info.name else ""
+        return text.format(other) if other in index and other != info.name else ""
 
     if workload == "generate":
         text = info.input("text_input")
@@ -202,6 +202,6 @@ def check_fit(info: ModelInfo, workload: str, index: list[str] = (), url: str = 
                             f"--workload sequence needs one{hint('_step')}")
     if workload == "infer" and info.sequence:
         raise SeqserveError(f"model '{info.name}' is a sequence model (sequence_batching): use --workload sequence "
-                            f"for it{hint('')}")
+                            f"for it{hint('', ', or its stateless sibling {!r}')}")
     if not info.inputs:
         raise SeqserveError(f"model '{info.name}' has no inputs in its metadata")

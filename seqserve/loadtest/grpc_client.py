@@ -129,6 +129,8 @@ class GrpcLane:
         self._finish()
 
     def abort(self, kind: str, message: str = "") -> None:
+        # the server may still be working on the call: this lane (and its sequence) is not reused
+        self.dead = True
         if self.task is not None:
             self.task.cancel()
         self._finish(kind, message)

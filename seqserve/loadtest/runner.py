@@ -31,6 +31,11 @@ PROGRESS_S = 0.5          # how often the live display is updated
 TIMEOUT_CHECK_S = 0.25
 
 
+def poisson_gaps(rng: np.random.Generator, rate: float, n: int) -> np.ndarray:
+    """n gaps (ns) between Poisson arrivals at `rate` per second: exponential, mean 1/rate."""
+    return rng.exponential(1e9 / rate, n).astype(np.int64)
+
+
 class LevelRun:
     """Run one level; `await LevelRun(session, index, level).run()` -> self, with `calls` (every
     finished call of the level, window or not), `w0`/`w1` (ns) and the server counters."""
@@ -245,7 +250,7 @@ class OpenLoop(LevelRun):
 
     def _gap(self) -> int:
         if not self.gaps:
-            self.gaps = (self.rng.exponential(1e9 / self.level, 4096)).astype(np.int64).tolist()[::-1]
+            self.gaps = poisson_gaps(self.rng, self.level, 4096).tolist()[::-1]
         return self.gaps.pop()
 
     def _wake_at(self) -> int:
