@@ -259,6 +259,14 @@ def test_infer_closed_and_open_loop(server, proto):
 
 
 @pytest.mark.slow
+def test_grpc_requests_larger_than_the_servers_window_use_grpc_aio(server):
+    res = _run(server, "lstm", "grpc", concurrency="1", duration="0.5s", input_length=10_000)   # 80 kB
+    check_consistent(res)
+    assert res["client"] == "grpc (grpc.aio)"
+    assert _run(server, "lstm", "grpc", concurrency="1", duration="0.3s")["client"] == "grpc (h2)"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", ["http", "grpc"])
 def test_sequences_and_streamed_generation(server, proto):
     res = _run(server, "lstm_step", proto, workload="sequence", concurrency="2", sequence_length=4)

@@ -38,24 +38,35 @@ class Session:
         self.scraper = Scraper(metrics_url, info.name)
         self.interrupted: asyncio.Event | None = None
         self.grpc = None
+        self.grpc_client = None          # gRPC: "h2" (lean) or "grpc.aio"
 
     # -- protocol ---------------------------------------------------------------------------------
 
     def _setup_protocol(self) -> None:
         cfg, info = self.cfg, self.info
         if cfg.target.protocol == "grpc":
-            from seqserve.loadtest.grpc_client import GrpcClient, GrpcEncoder, GrpcLane
+            from seqserve.loadtest.grpc_client import GrpcEncoder
+            from seqserve.loadtest.h2_client import INFER, STREAM, H2Pool
 
-            self.grpc = GrpcClient(cfg.target, cfg.api_key, cfg.timeout_s)
-            encoder = GrpcEncoder(info.name)
-            self.open_lane = lambda on_done: GrpcLane.open(self.grpc, on_done)
+            self.workload = build_workload(info, cfg, GrpcEncoder(info.name), "grpc")
+            pool = H2Pool(cfg.target, STREAM if self.workload.streaming else INFER, cfg.api_key)
+            self.open_lane = pool.lane
+            self.grpc_client = "h2"
         else:
             from seqserve.loadtest.http_client import HttpEncoder, HttpLane
 
             encoder = HttpEncoder(cfg.target, info.name, cfg.api_key, tuple(o.name for o in info.outputs))
+            self.workload = build_workload(info, cfg, encoder, "http")
             self.open_lane = lambda on_done: HttpLane.open(cfg.target, on_done)
-        self.workload = build_workload(info, cfg, encoder, cfg.target.protocol)
         self.probe_payload = self.workload.probe()
+
+    def _use_grpc_aio(self) -> None:
+        """grpc.aio lanes instead of the lean HTTP/2 ones (requests larger than the server's window)."""
+        from seqserve.loadtest.grpc_client import GrpcClient, GrpcLane
+
+        self.grpc = GrpcClient(self.cfg.target, self.cfg.api_key, self.cfg.timeout_s)
+        self.open_lane = lambda on_done: GrpcLane.open(self.grpc, on_done)
+        self.grpc_client = "grpc.aio"
 
     async def probe(self) -> Call:
         """One request before any load: the inputs fit and the model answers (else SeqserveError)."""
@@ -63,7 +74,11 @@ class Session:
         try:
             lane = await self.open_lane(lambda lane, call: done.done() or done.set_result(call))
         except (OSError, asyncio.TimeoutError) as e:
-            raise SeqserveError(f"cannot reach a server at {self.cfg.target.url}: {e}") from None
+            raise SeqserveError(f"cannot reach a server at {self.cfg.target.url}: {e or type(e).__name__}") from None
+        if hasattr(lane, "fits") and not lane.fits(self.workload.largest + 64):
+            lane.close()
+            self._use_grpc_aio()
+            lane = await self.open_lane(lambda lane, call: done.done() or done.set_result(call))
         lane.send(Call(time.perf_counter_ns()), self.probe_payload, self.workload.streaming)
         try:
             call = await asyncio.wait_for(done, self.cfg.timeout_s)
@@ -135,9 +150,9 @@ def _plot_samples(run) -> dict:
 
 
 def _new_loop(protocol: str):
-    """uvloop for HTTP when installed (faster callbacks, same semantics); the stock loop for gRPC,
-    which grpc.aio is built for."""
-    if protocol == "http":
+    """uvloop when installed (faster callbacks, same semantics); the stock loop when grpc.aio may be
+    needed (gRPC requests too large for the lean HTTP/2 lanes), which is built for it."""
+    if protocol in ("http", "grpc"):
         try:
             import uvloop
 
@@ -166,6 +181,7 @@ def run_loadtest(cfg: LoadTestConfig, progress=None, on_level=None, info: ModelI
         "config": _config_json(cfg),
         "model": asdict(info),
         "server_metrics": session.scraper.url,
+        "client": "http (httptools)" if cfg.target.protocol == "http" else f"grpc ({session.grpc_client})",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 2),
         "interrupted": interrupted,

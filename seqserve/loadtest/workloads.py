@@ -165,6 +165,7 @@ class InferWorkload:
 
     def __init__(self, encoder, samples: list[dict]):
         self.payloads = [encoder.infer(s) for s in samples]
+        self.largest = max(len(p) for p in self.payloads)
         self._i = count()
 
     def new_slot(self):
@@ -191,6 +192,8 @@ class SequenceWorkload:
 
     def __init__(self, encoder, sequences: list[list[dict]], length: int | None, id_base: int):
         self.encoder, self.sequences, self.length = encoder, sequences, length
+        self.largest = max(len(encoder.infer(step, {"sequence_id": 1 << 62, "sequence_start": True,
+                                                     "sequence_end": True})) for seq in sequences for step in seq)
         self._ids = count(id_base)
         self._pick = count()
         self.started = self.completed = 0
@@ -223,6 +226,7 @@ class GenerateWorkload:
 
     def __init__(self, payloads: list[bytes]):
         self.payloads = payloads
+        self.largest = max(len(p) for p in payloads)
         self._i = count()
 
     def new_slot(self):
