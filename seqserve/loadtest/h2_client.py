@@ -183,7 +183,9 @@ class H2Connection(asyncio.Protocol):
         self.next_id = 1
         self.max_streams = STREAMS_PER_CONNECTION
         self.peer_window = DEFAULT_WINDOW        # the server's initial stream window
-        self.conn_window = DEFAULT_WINDOW
+        self.conn_window = DEFAULT_WINDOW        # what we may still send on the connection
+        self.max_frame = 16384                   # the server's SETTINGS_MAX_FRAME_SIZE
+        self.blocked: list[tuple[int, bytes]] = []   # (stream, message) waiting for the connection window
         self.consumed = 0
         self.headers_open = b""                  # a header block waiting for CONTINUATION frames
         self.out: list[bytes] = []
@@ -209,8 +211,24 @@ class H2Connection(asyncio.Protocol):
         lane.stream_id = sid
         self.streams[sid] = lane
         msg = b"\x00" + len(payload).to_bytes(4, "big") + payload
+        if self.blocked or len(msg) > self.conn_window:
+            self.blocked.append((sid, msg))
+            return
+        self._send_message(sid, msg)
+
+    def _send_message(self, sid: int, msg: bytes) -> None:
         self.conn_window -= len(msg)
-        self._write(frame(HEADERS, END_HEADERS, sid, self.pool.block) + frame(DATA, END_STREAM, sid, msg))
+        out = [frame(HEADERS, END_HEADERS, sid, self.pool.block)]
+        step = self.max_frame
+        for i in range(0, len(msg), step):
+            out.append(frame(DATA, END_STREAM if i + step >= len(msg) else 0, sid, msg[i:i + step]))
+        self._write(b"".join(out))
+
+    def _unblock(self) -> None:
+        while self.blocked and len(self.blocked[0][1]) <= self.conn_window:
+            sid, msg = self.blocked.pop(0)
+            if sid in self.streams:                  # not cancelled meanwhile
+                self._send_message(sid, msg)
 
     def cancel(self, lane: H2Lane) -> None:
         if self.streams.pop(lane.stream_id, None) is not None and not self.dead:
@@ -306,6 +324,8 @@ class H2Connection(asyncio.Protocol):
                         self.peer_window = value
                     elif key == 0x3:
                         self.max_streams = max(1, min(value, STREAMS_PER_CONNECTION))
+                    elif key == 0x5:
+                        self.max_frame = value
                 self._write(frame(SETTINGS, ACK, 0))
                 if not self.ready.done():
                     self.ready.set_result(True)
@@ -315,6 +335,7 @@ class H2Connection(asyncio.Protocol):
         elif kind == WINDOW_UPDATE:
             if stream == 0:
                 self.conn_window += int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                self._unblock()
         elif kind == RST_STREAM:
             lane = self.streams.get(stream)
             if lane is not None:
