@@ -70,7 +70,7 @@ def command(
     from seqserve.loadtest import make_config, run_loadtest, write_reports
     from seqserve.loadtest.discovery import describe_model
     from seqserve.loadtest.live import LiveDisplay
-    from seqserve.loadtest.report import footer, table
+    from seqserve.loadtest.report import footer, tables
 
     cfg = make_config(url, model, protocol=protocol, workload=workload, concurrency=concurrency,
                       request_rate=request_rate, duration=duration, requests=requests, warmup=warmup,
@@ -88,7 +88,8 @@ def command(
             results = run_loadtest(cfg, progress=display.progress, on_level=display.level_done, info=info)
     else:
         results = run_loadtest(cfg, on_level=display.level_done, info=info)
-    console.print(table(results))
+    for t in tables(results):
+        console.print(t)
     for line in footer(results):
         console.print(line, style="dim", markup=False, highlight=False)
     if report is not None:

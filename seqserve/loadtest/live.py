@@ -28,10 +28,10 @@ class LiveDisplay:
             done = f"{s['elapsed_s']:.1f}/{s['planned_s']:.1f} s"
         else:
             done = f"{s['elapsed_s']:.1f} s"
-        lat = (f"p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms" if s["p50_ms"] is not None else "no answers yet")
-        errors = f"  [red]errors {s['errors']}[/]" if s["errors"] else ""
-        line = (f"[bold]level {s['index'] + 1}/{len(self.levels)}[/]: {s['level']:g} {unit}  {s['phase']}  {done}  "
-                f"{s['rate']:.0f} answers/s  {lat}  in flight {s['in_flight']}{errors}  [dim](Ctrl-C: stop, keep the report)[/]")
+        lat = (f"p50 {s['p50_ms']:.2f} p99 {s['p99_ms']:.2f} ms" if s["p50_ms"] is not None else "no answers yet")
+        errors = f" · [red]{s['errors']} errors[/]" if s["errors"] else ""
+        line = (f"[bold]{s['index'] + 1}/{len(self.levels)}[/] {s['level']:g} {unit} · {s['phase']} {done} · "
+                f"{s['rate']:.0f}/s · {lat} · {s['in_flight']} in flight{errors} [dim]· Ctrl-C stops[/]")
         self.live.update(Text.from_markup(line), refresh=True)
 
     def level_done(self, lv: dict) -> None:

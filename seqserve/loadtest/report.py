@@ -120,37 +120,45 @@ def _ms(v, digits: int = 3) -> str:
     return f"{v:.{digits - 1 if v >= 10 else digits}f}"
 
 
-def table(results: dict):
-    """A rich Table: one row per level."""
+def tables(results: dict) -> list:
+    """Rich tables, one row per level: latency and throughput, then (generate) the streaming numbers.
+    Notes go below them (`footer`)."""
+    from rich import box
     from rich.table import Table
 
-    streaming = results["config"]["workload"] == "generate"
     cfg = results["config"]
-    title = (f"{cfg['workload']} on {results['model']['name']} ({cfg['target']['url']}), "
-             f"{'closed loop' if cfg['mode'] == 'concurrency' else 'open loop, Poisson arrivals'}; latencies in ms")
-    t = Table(title=title, title_justify="left")
-    cols = [level_label(results).lower(), "req/s", "ok", "errors", "p50", "p90", "p95", "p99", "max"]
-    if streaming:
-        cols += ["TTFT p50", "TTFT p99", "ITL p50", "ITL p99", "tokens/s"]
-    cols += ["server queue", "server compute", "notes"]
-    for c in cols:
-        t.add_column(c, justify="left" if c == "notes" else "right")
+    closed = cfg["mode"] == "concurrency"
+    first = "conc" if closed else "rate/s"
+    kw = dict(title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    t = Table(title=f"{cfg['workload']} on {results['model']['name']} ({cfg['target']['url']}), "
+                    f"{'closed loop' if closed else 'open loop, Poisson arrivals'}; ms", **kw)
+    for c in (first, "req/s", "ok", "err", "p50", "p90", "p95", "p99", "max", "srv\nqueue", "srv\ncomp"):
+        t.add_column(c, justify="right", no_wrap=True)
     for lv in results["levels"]:
-        lat, srv, st = lv["latency_ms"], lv["server"], lv["streaming"]
-        row = [_level(lv["level"]), f"{lv['throughput_rps']:.1f}", str(lv["ok"]),
-               str(lv["errors"]) if not lv["errors"] else f"[red]{lv['errors']}[/]",
+        lat, srv = lv["latency_ms"], lv["server"]
+        rps = lv["throughput_rps"]
+        row = [_level(lv["level"]) + ("*" if lv["interrupted"] else ""), f"{rps:.0f}" if rps >= 100 else f"{rps:.1f}",
+               str(lv["ok"]), str(lv["errors"]) if not lv["errors"] else f"[red]{lv['errors']}[/]",
                *(_ms(lat[k]) for k in ("p50", "p90", "p95", "p99", "max"))]
-        if streaming:
-            row += [_ms(st["ttft_ms"]["p50"]), _ms(st["ttft_ms"]["p99"]), _ms(st["itl_ms"]["p50"]),
-                    _ms(st["itl_ms"]["p99"]), f"{st['output_tokens_per_s']:.0f}"]
         if srv and srv.get("queue_us") is not None:
             compute = sum(srv[k] or 0 for k in ("compute_input_us", "compute_infer_us", "compute_output_us"))
             row += [_ms(srv["queue_us"] / 1000), _ms(compute / 1000)]
         else:
             row += ["-", "-"]
-        row.append(notes(lv, results))
         t.add_row(*row)
-    return t
+    out = [t]
+    if cfg["workload"] == "generate":
+        s = Table(title="streaming: time to first token, inter-token latency (ms), output tokens", **kw)
+        for c in (first, "TTFT\np50", "TTFT\np90", "TTFT\np99", "ITL\np50", "ITL\np90", "ITL\np99", "tokens\n/s",
+                  "tokens\n/req"):
+            s.add_column(c, justify="right", no_wrap=True)
+        for lv in results["levels"]:
+            st = lv["streaming"]
+            s.add_row(_level(lv["level"]), *(_ms(st["ttft_ms"][k]) for k in ("p50", "p90", "p99")),
+                      *(_ms(st["itl_ms"][k]) for k in ("p50", "p90", "p99")), f"{st['output_tokens_per_s']:.0f}",
+                      _ms(st["tokens_per_request"]["mean"]))
+        out.append(s)
+    return out
 
 
 def _level(v) -> str:
@@ -160,12 +168,12 @@ def _level(v) -> str:
 def notes(lv: dict, results: dict) -> str:
     out = []
     if lv["interrupted"]:
-        out.append("interrupted")
+        out.append("interrupted (*): the window ends at Ctrl-C")
     if lv["errors"]:
         out.append("; ".join(f"{k} x{v['count']}" for k, v in lv["error_kinds"].items()))
     if lv["client_behind"]:
         out.append(f"client behind schedule: {lv['late_share']:.1%} sent >1 ms late")
-    if lv.get("waited_for_connection"):
+    if lv.get("waited_for_connection", 0) > 0.01 * max(lv["requests"], 1):
         out.append(f"{lv['waited_for_connection']} waited for a connection "
                    f"(p99 {_ms(lv['connection_wait_ms']['p99'])} ms)")
     if lv["errors_outside_window"]:
@@ -176,12 +184,17 @@ def notes(lv: dict, results: dict) -> str:
 
 
 def footer(results: dict) -> list[str]:
+    """Lines to print under the table: each level's notes, the servers' notes, error examples."""
     lines = []
+    for lv in results["levels"]:
+        n = notes(lv, results)
+        if n:
+            lines.append(f"{_level(lv['level'])}: {n}")
     notes_ = {lv.get("server_note") for lv in results["levels"] if lv.get("server_note")}
     for n in sorted(notes_):
         lines.append(f"server breakdown unavailable: {n}")
     for lv in results["levels"]:
         for kind, e in lv["error_kinds"].items():
             if e["example"]:
-                lines.append(f"level {_level(lv['level'])}: {kind}: {e['example']}")
+                lines.append(f"{_level(lv['level'])}: {kind}, e.g.: {e['example']}")
     return lines
