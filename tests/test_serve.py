@@ -883,3 +883,19 @@ def test_server_listens_on_loopback_only_by_default(server):
         addrs = _listeners(port)
         assert addrs, f"nothing listens on port {port}"
         assert set(addrs) == {"127.0.0.1"}, f"port {port} listens on {addrs}"
+
+
+def test_a_port_in_use_is_a_one_line_error(server, served_repo):
+    """Another server holds the port: exit 2 and `error: ... HTTP port N ...`, no traceback."""
+    import os
+    import subprocess
+
+    from serving import server_command
+
+    cmd = server_command(served_repo("lstm"), "--grpc-port", "-1", "--metrics-port", "-1")
+    cmd[cmd.index("--http-port") + 1] = str(server.http_port)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+                         env={**os.environ, "COLUMNS": "200"})
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert f"HTTP port {server.http_port}" in out and "Traceback" not in out, out

@@ -185,14 +185,18 @@ class _SequenceScheduler(Worker):
 
     def iteration(self, new: list[_Step]) -> None:
         m = self.model
+        # A sequence's own queue is the truth; a submitted step is only a wake-up. Its step may
+        # already have run: the loop appends to seq.queue before it submits, so an iteration that
+        # found the sequence waiting can run the step first (then the step is a no-op here).
         for st in new:
-            if st.seq not in self.waiting:        # (a short deque: at most the active sequences)
+            if st.seq.queue and st.seq not in self.waiting:   # (short: at most the active sequences)
                 self.waiting.append(st.seq)
         # One step per sequence per iteration, up to max_batch_size rows per ORT call.
         ready, later = [], deque()
         while self.waiting:
             seq = self.waiting.popleft()
-            (ready if len(ready) < max(m.max_batch, 1) else later).append(seq)
+            if seq.queue:
+                (ready if len(ready) < max(m.max_batch, 1) else later).append(seq)
         groups: dict[int, list[_Step]] = {}
         for seq in ready:
             st = seq.queue[0]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,13 +67,25 @@ class _Uvicorn:
         self.task: asyncio.Task | None = None
 
     async def start(self) -> int:
-        self.task = asyncio.create_task(self.server.serve())
+        # Bind here, not in uvicorn: its bind error is a logged message and sys.exit() from a task.
+        host, port = self.server.config.host, self.server.config.port
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        self.task = asyncio.create_task(self.server.serve(sockets=[sock]))
         while not self.server.started:
             if self.task.done():
-                self.task.result()          # re-raise a bind error
+                try:
+                    self.task.result()
+                except (Exception, SystemExit) as e:      # uvicorn exits on start-up errors
+                    raise SeqserveError(f"the HTTP server on {host}:{port} failed to start: {e!r}") from None
                 raise SeqserveError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
-        return self.server.servers[0].sockets[0].getsockname()[1]
+        return sock.getsockname()[1]
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -98,22 +111,26 @@ class Server:
         from seqserve.serve.http import make_app, make_metrics_app
 
         c = self.config
+        what = f"HTTP port {c.http_port}"
         try:
             self._http = _Uvicorn(make_app(self.repo, api_key=c.api_key, max_request_bytes=c.max_request_bytes),
                                   c.host, c.http_port, c.drain_seconds)
             self.ports["http"] = await self._http.start()
             if c.grpc_port >= 0:
+                what = f"gRPC port {c.grpc_port}"
                 self._grpc = make_grpc_server(self.repo, host=c.host, port=c.grpc_port, api_key=c.api_key,
                                               max_request_bytes=c.max_request_bytes)
                 self.ports["grpc"] = self._grpc.bound_port
                 await self._grpc.start()
             if c.metrics_port >= 0:
+                what = f"metrics port {c.metrics_port}"
                 self._metrics = _Uvicorn(make_metrics_app(self.repo), c.host, c.metrics_port, 1.0)
                 self.ports["metrics"] = await self._metrics.start()
         except OSError as e:
             await self._close_listeners()
-            raise SeqserveError(f"cannot listen on {c.host}: {e.strerror or e} (is another server using the "
-                                "port? choose others with --http-port/--grpc-port/--metrics-port)") from None
+            raise SeqserveError(f"cannot listen on {c.host}, {what}: {e.strerror or e} (is another server "
+                                "using it? choose others with --http-port/--grpc-port/--metrics-port, "
+                                "0 = any free port)") from None
 
     def request_stop(self) -> None:
         if self._stop.is_set():
