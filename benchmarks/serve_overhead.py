@@ -171,8 +171,15 @@ class RawHttpJson(Path_):
         return json.dumps(doc).encode()
 
     def call(self, i):
-        self.conn.request("POST", self.path, body=self.body(i), headers=self.headers)
-        r = self.conn.getresponse()
+        try:
+            self.conn.request("POST", self.path, body=self.body(i), headers=self.headers)
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed an idle keep-alive connection (30 s) while we waited for a quiet
+            # machine: reconnect once (rare; a reconnect in a timed call costs one TCP handshake)
+            self.conn.close()
+            self.conn.request("POST", self.path, body=self.body(i), headers=self.headers)
+            r = self.conn.getresponse()
         data = r.read()
         if r.status != 200:
             raise SeqserveError(f"{self.path} answered {r.status}: {data[:300]!r}")

@@ -122,11 +122,14 @@ def prepare_export(family: str, export: str | Path | None, workdir: Path, *, pre
 
 def package_models(exports: dict[str, Path], repository: Path) -> list[str]:
     """`seqserve package EXPORT --repository R --name NAME` for each; the model names written."""
-    from seqserve.package import package_export
+    from seqserve.package import PackageOptions, package_export
 
+    # A benchmark waits for a quiet machine between rounds, sometimes for minutes: its sequences
+    # must outlive that (the default idle limit, 60 s, once expired one mid-run).
+    options = PackageOptions(sequence_idle_seconds=3600)
     names = []
     for name, export in exports.items():
-        names += [m.name for m in package_export(export, repository, name=name)]
+        names += [m.name for m in package_export(export, repository, name=name, options=options)]
     return names
 
 

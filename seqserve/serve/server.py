@@ -69,7 +69,10 @@ class _Uvicorn:
     async def start(self) -> int:
         # Bind here, not in uvicorn: its bind error is a logged message and sys.exit() from a task.
         host, port = self.server.config.host, self.server.config.port
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only when the
+        # listening socket says TCP (with 0 every response waited ~40 ms for a delayed ACK).
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                             socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
