@@ -112,6 +112,19 @@ def test_ticker_fires_at_the_time_asked_not_before():
         assert np.median(lags) < 0.5, lags
 
 
+def test_grpc_header_block_and_frames_decode_as_http2_says():
+    import hpack
+
+    from seqserve.loadtest.h2_client import HEADERS, INFER, frame, header_block
+
+    fields = hpack.Decoder().decode(header_block("h:1", INFER, "k"), raw=True)
+    assert fields == [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER.encode()),
+                      (b":authority", b"h:1"), (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+                      (b"authorization", b"Bearer k")]
+    f = frame(HEADERS, 0x4, 3, b"abc")
+    assert f[:3] == b"\x00\x00\x03" and f[3] == HEADERS and f[4] == 0x4 and f[5:9] == b"\x00\x00\x00\x03"
+
+
 # ---- config, metrics, report, compare -------------------------------------------------------------
 
 

@@ -1,15 +1,16 @@
 """One load level: closed loop (N lanes, each sends its next request when the last one ends) or open
 loop (Poisson arrivals at a rate, each sent on an idle lane at its scheduled time).
 
-A lane is one connection (HTTP) or one request slot on the shared channel (gRPC), with the
-workload's state for it (the sequence it is in). Everything runs on one event loop; completions
-come back through `lane.on_done`, so no task or future is made per request on the HTTP path.
+A lane carries one request at a time: a keep-alive connection (HTTP), or a stream slot on a shared
+HTTP/2 connection (gRPC), with the workload's state for it (the sequence it is in). Everything
+runs on one event loop; completions come back through `lane.on_done`, so no task or future is
+made per request.
 
 Windows (what counts, after --warmup):
 - closed loop: requests that ENDED in the window (as perf_analyzer counts them); with --requests
   N the window closes at the N-th;
-- open loop: requests SCHEDULED in the window, each followed to its end (up to --drain after the
-  window; still unanswered then = an "unfinished" error). Their latency runs from the scheduled
+- open loop: requests SCHEDULED in the window, each followed to its end (up to drain_s, 10 s,
+  after the window; still unanswered then = an "unfinished" error). Their latency runs from the scheduled
   time, so queueing — in the server or in a client that fell behind — is never hidden.
 The open loop never waits for a free lane: with none idle it opens another (up to
 --max-connections) and the request waits in a backlog meanwhile, which shows as send lag.
@@ -55,6 +56,13 @@ class LevelRun:
         self.server_after: dict = {}
         self.cpu_s = 0.0
         self.lanes_opened = 0
+        self.tasks: set[asyncio.Future] = set()     # helpers and lane openings, cancelled at the end
+
+    def spawn(self, coro) -> asyncio.Future:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     # -- lanes --------------------------------------------------------------------------------------
 
@@ -112,11 +120,11 @@ class LevelRun:
         self.w0 = self.t0 + int(self.cfg.warmup_s * 1e9)
         if self.cfg.duration_s is not None:
             self.w1 = self.w0 + int(self.cfg.duration_s * 1e9)
-        helpers = [asyncio.ensure_future(self._watch_timeouts()), asyncio.ensure_future(self._progress())]
+        self.spawn(self._watch_timeouts())
+        self.spawn(self._progress())
         scrape_at = loop.call_later(max(self.w0 - now_ns(), 0) / 1e9, self._scrape_before)
         self.start()
-        stop_wait = asyncio.ensure_future(self.s.interrupted.wait())
-        await asyncio.wait([asyncio.ensure_future(self.window_over.wait()), stop_wait],
+        await asyncio.wait([self.spawn(self.window_over.wait()), self.spawn(self.s.interrupted.wait())],
                            return_when=asyncio.FIRST_COMPLETED)
         if self.s.interrupted.is_set() and not self.window_over.is_set():
             self.interrupted = True
@@ -134,9 +142,9 @@ class LevelRun:
         except asyncio.TimeoutError:
             pass
         self._abort_rest()
-        for h in helpers:
-            h.cancel()
-        stop_wait.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for lane in list(self.lanes):
             lane.close()
         self.cpu_s = time.process_time() - cpu0
@@ -203,7 +211,7 @@ class ClosedLoop(LevelRun):
 
     def start(self) -> None:
         for _ in range(int(self.level)):
-            asyncio.ensure_future(self._open_lane(self._issue))
+            self.spawn(self._open_lane(self._issue))
         if self.w1:
             self.loop.call_later((self.w1 - now_ns()) / 1e9, self.window_over.set)
 
@@ -224,7 +232,7 @@ class ClosedLoop(LevelRun):
 
     def _lane_lost(self, lane) -> None:
         if not self.stopping:
-            asyncio.ensure_future(self._open_lane(self._issue))
+            self.spawn(self._open_lane(self._issue))
 
     def stop_scheduling(self) -> None:
         self.stopping = True
@@ -245,7 +253,7 @@ class OpenLoop(LevelRun):
         self.precise_timer = self.ticker.precise
         # lanes for the expected load, opened before the first send (more are opened on demand)
         for _ in range(min(4, self.cfg.max_connections)):
-            asyncio.ensure_future(self._open_lane(self._lane_ready))
+            self.spawn(self._open_lane(self._lane_ready))
         self.ticker.at(self._wake_at())
 
     def _gap(self) -> int:
@@ -285,7 +293,7 @@ class OpenLoop(LevelRun):
         self.backlog.append(call)
         if (self.connecting < len(self.backlog)
                 and len(self.lanes) + self.connecting < self.cfg.max_connections):
-            asyncio.ensure_future(self._open_lane(self._lane_ready))
+            self.spawn(self._open_lane(self._lane_ready))
 
     def _lane_ready(self, lane) -> None:
         if self.backlog:
@@ -298,7 +306,7 @@ class OpenLoop(LevelRun):
 
     def _lane_lost(self, lane) -> None:
         if self.backlog and len(self.lanes) + self.connecting < self.cfg.max_connections:
-            asyncio.ensure_future(self._open_lane(self._lane_ready))
+            self.spawn(self._open_lane(self._lane_ready))
 
     def stop_scheduling(self) -> None:
         self.scheduling = False
