@@ -607,7 +607,7 @@ def decode_grpc_infer(request: pb.ModelInferRequest) -> InferRequest:
         _refuse_unsupported(item.parameters, f"output {item.name!r}")
         outputs.append(RequestedOutput(item.name))
     return InferRequest(model=request.model_name, version=request.model_version, id=request.id,
-                        inputs=inputs, outputs=outputs or None, parameters=params)
+                        inputs=inputs, outputs=outputs or None, parameters=params, inline_ok=False)
 
 
 def encode_grpc_infer(response: InferResponse, request: InferRequest) -> pb.ModelInferResponse:

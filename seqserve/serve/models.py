@@ -221,7 +221,7 @@ class FullModel(ServedModelBase):
         self.stats.add_pending(1)
         try:
             job = _Job(feeds, ids.shape[0], key, loop, fut, t0)
-            await self.worker.dispatch(job, ids.size <= INLINE_TOKENS, lambda: self.stats.pending)
+            await self.worker.dispatch(job, req.inline_ok and ids.size <= INLINE_TOKENS, lambda: self.stats.pending)
             outputs = await fut
         finally:
             self.stats.add_pending(-1)

@@ -131,7 +131,7 @@ class StepModel(ServedModelBase):
             raise
         self.stats.add_pending(1)
         try:
-            await self.worker.dispatch(step, step.ids.shape[1] <= INLINE_TOKENS, lambda: self.stats.pending)
+            await self.worker.dispatch(step, req.inline_ok and step.ids.shape[1] <= INLINE_TOKENS, lambda: self.stats.pending)
             logits = await step.fut
         finally:
             self.stats.add_pending(-1)

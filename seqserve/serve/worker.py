@@ -24,6 +24,8 @@ from typing import Callable
 
 log = logging.getLogger("seqserve.serve")
 
+_YIELDS = 3       # loop passes a small request waits before deciding it is alone (~5 µs each)
+
 
 class Worker:
     def __init__(self, name: str):
@@ -54,7 +56,10 @@ class Worker:
             self.submit(item)
             return
         try:
-            await asyncio.sleep(0)     # requests parsed in the same loop pass get admitted too
+            # Requests read in the same selector pass as ours get admitted meanwhile: their
+            # protocol callbacks run after our first resume, and their tasks a pass later.
+            for _ in range(_YIELDS):
+                await asyncio.sleep(0)
         finally:                       # (also when cancelled: the item is queued, so it runs)
             if pending() > 1:
                 self.submit(item)
