@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """seqserve loadtest vs perf_analyzer: the same server, model and data, side by side, ratios.
 
-    python benchmarks/loadtest_vs_perf_analyzer.py                  # trains lstm/small 200 steps first; ~10 min
+    python benchmarks/loadtest_vs_perf_analyzer.py                  # trains lstm/small 200 steps first; ~25 min
     python benchmarks/loadtest_vs_perf_analyzer.py --export runs/lstm-onnx --json lt.json
     python benchmarks/loadtest_vs_perf_analyzer.py --quick          # smoke run, ~2 min after training
 
