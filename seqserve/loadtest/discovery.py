@@ -101,7 +101,7 @@ def _fetch_http(cfg: LoadTestConfig) -> tuple[str, dict, dict, list[str]]:
     if status != 200:
         raise SeqserveError(f"the server at {t.url} gave no config for model '{cfg.model}' ({status}: "
                             f"{_error_of(config)})")
-    status, ready = h.request("GET", f"/v2/models/{cfg.model}/ready")
+    status, _ = h.request("GET", f"/v2/models/{cfg.model}/ready")
     if status != 200:
         raise SeqserveError(f"model '{cfg.model}' on {t.url} is not ready ({status})")
     return f"{server.get('name')} {server.get('version', '')}".strip(), meta, config, _index_http(h)

@@ -142,6 +142,7 @@ class LevelRun:
         except asyncio.TimeoutError:
             pass
         self._abort_rest()
+        await self._end_sequences(2.0 if self.interrupted else 5.0)
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -150,6 +151,24 @@ class LevelRun:
         self.cpu_s = time.process_time() - cpu0
         self.server_after = await self.server_after_f
         return self
+
+    async def _end_sequences(self, timeout: float) -> None:
+        """End the sequences left in the middle (one last step each, flagged sequence_end; not
+        counted: the window is over)."""
+        closing = getattr(self.workload, "closing", None)
+        if closing is None:
+            return
+        waits = []
+        for lane in list(self.lanes):
+            payload = None if lane.dead or lane.busy else closing(lane.slot)
+            if payload is None:
+                continue
+            fut = self.loop.create_future()
+            lane.on_done = lambda _lane, call, fut=fut: fut.done() or fut.set_result(call)
+            lane.send(Call(now_ns()), payload, False)
+            waits.append(fut)
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
 
     def _scrape_before(self) -> None:
         fut = self.loop.run_in_executor(None, self.s.scraper.scrape)

@@ -215,6 +215,17 @@ class SequenceWorkload:
             self.completed += 1
         return payload
 
+    def closing(self, slot: _Sequence) -> bytes | None:
+        """The request that ends the slot's sequence if it is in the middle of one (its next step,
+        flagged sequence_end): sent at the end of a level, so the server frees its state now rather
+        than when it expires (and its limit on active sequences is not used up by a load test)."""
+        if slot is None or slot.step == 0:
+            return None
+        params = {"sequence_id": slot.seq_id, "sequence_start": False, "sequence_end": True}
+        payload = self.encoder.infer(slot.steps[slot.step % len(slot.steps)], params)
+        slot.step = 0
+        return payload
+
     def probe(self) -> bytes:
         """A one-step sequence (start and end), its own id."""
         params = {"sequence_id": next(self._ids), "sequence_start": True, "sequence_end": True}
