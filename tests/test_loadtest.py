@@ -444,6 +444,7 @@ def test_bad_arguments_give_one_line_errors_before_any_load(server, tmp_path):
     assert after["fail"]["count"] == failed_before + 1          # ...but the one probe with a bad token id
 
 
+@pytest.mark.slow
 def test_an_http_url_on_a_grpc_port_is_a_clear_error(server):
     res = run("loadtest", "--url", f"http://{server.grpc_address}", "--model", "lstm", "--duration", "1s")
     assert_one_line_error(res, "gRPC")
