@@ -40,10 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runnable from a
 
 import numpy as np  # noqa: E402
 
-from seqserve.bench.serve import (NOISY_SHARE, CpuMeter, Reporter, ServerProcess, exit_on_sigterm,  # noqa: E402
-                                  fresh_repository, machine, package_models, pcts, prepare_export, stdlib_prompts,
-                                  versions, wait_quiet, workdir, write_json)
-from seqserve.bench.serve import console as wide_console  # noqa: E402
+from seqserve.bench.serve import (bench_main, NOISY_SHARE, CpuMeter, ServerProcess, fresh_repository, machine, package_models, pcts, prepare_export, stdlib_prompts,
+                                  versions, wait_quiet, workdir)
 from seqserve.errors import SeqserveError  # noqa: E402
 
 TARGET_RATIO = 4.0               # tokens/s at 16 streams over 1 stream
@@ -449,26 +447,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-
-    args = parse_args(argv)
-    exit_on_sigterm()
-    console = wide_console(180)
-    try:
-        with Reporter() as report:
-            results = run(args, report)
-    except SeqserveError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; server stopped")
-        return 130
-    render(results, console)
-    if args.json_out:
-        write_json(results, args.json_out)
-        console.print(f"results written to {args.json_out}", highlight=False)
-    return 0
+    return bench_main(parse_args(argv), run, render, width=180)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runnable from a
 
 import numpy as np  # noqa: E402
 
-from seqserve.bench.serve import (NOISY_SHARE, ROOT, CpuMeter, Reporter, ServerProcess, child_env,  # noqa: E402
-                                  exit_on_sigterm, fresh_repository, machine, package_models, prepare_export,
-                                  versions, wait_quiet, workdir, write_json)
-from seqserve.bench.serve import console as wide_console  # noqa: E402
+from seqserve.bench.serve import (bench_main, NOISY_SHARE, ROOT, CpuMeter, ServerProcess, child_env,  # noqa: E402
+                                  fresh_repository, machine, package_models, prepare_export,
+                                  versions, wait_quiet, workdir)
 from seqserve.errors import SeqserveError  # noqa: E402
 from seqserve.tools.perf_analyzer import ensure_perf_analyzer  # noqa: E402
 
@@ -344,28 +343,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-
-    args = parse_args(argv)
-    exit_on_sigterm()
-    console = wide_console(180)
-    t0 = time.monotonic()
-    try:
-        with Reporter() as report:
-            results = run(args, report)
-    except SeqserveError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; server stopped")
-        return 130
-    results["seconds"] = time.monotonic() - t0
-    render(results, console)
-    if args.json_out:
-        write_json(results, args.json_out)
-        console.print(f"results written to {args.json_out}", highlight=False)
-    return 0
+    return bench_main(parse_args(argv), run, render, width=180)
 
 
 if __name__ == "__main__":

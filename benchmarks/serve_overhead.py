@@ -42,10 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runnable from a
 
 import numpy as np  # noqa: E402
 
-from seqserve.bench.serve import (NOISY_SHARE, CpuMeter, FloorServer, Reporter, ServerProcess, add_deltas,  # noqa: E402
-                                  exit_on_sigterm, fresh_repository, wait_quiet, machine, package_models, pcts,
-                                  prepare_export, stats_delta, versions, workdir, write_json)
-from seqserve.bench.serve import console as wide_console  # noqa: E402
+from seqserve.bench.serve import (bench_main, NOISY_SHARE, CpuMeter, FloorServer, ServerProcess, add_deltas,  # noqa: E402
+                                  fresh_repository, wait_quiet, machine, package_models, pcts,
+                                  prepare_export, stats_delta, versions, workdir)
 from seqserve.errors import SeqserveError  # noqa: E402
 
 TARGET_ADDED_MS = 0.5          # the target: p50 added over in-process, HTTP and gRPC
@@ -470,27 +469,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from rich.console import Console
-
-    args = parse_args(argv)
-    exit_on_sigterm()
-    console = wide_console()
-    try:
-        with Reporter() as report:
-            results = run(args, report)
-    except SeqserveError as e:
-        from rich.markup import escape
-
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; server stopped")
-        return 130
-    render(results, console)
-    if args.json_out:
-        write_json(results, args.json_out)
-        console.print(f"results written to {args.json_out}", highlight=False)
-    return 0
+    return bench_main(parse_args(argv), run, render, width=150)
 
 
 if __name__ == "__main__":

@@ -50,12 +50,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runnable from a plain checkout
 
-from seqserve.bench.serve import (NOISY_SHARE, Reporter, exit_on_sigterm, fresh_repository, machine,  # noqa: E402
-                                  prepare_export, stdlib_prompts, versions, wait_quiet, workdir, write_json)
-from seqserve.bench.serve import console as wide_console  # noqa: E402
+from seqserve.bench.serve import (bench_main, NOISY_SHARE, fresh_repository, machine,  # noqa: E402
+                                  prepare_export, stdlib_prompts, versions, wait_quiet, workdir)
 from seqserve.bench.triton import (ENGINES, LABELS, Cell, EngineServer, LevelFailed, WindowSettings,  # noqa: E402
                                    generation_data, gpt_workload, lstm_workload, prepare_triton, run_level, warm_up)
-from seqserve.errors import SeqserveError  # noqa: E402
 
 TARGET_RATIO = 2.0          # embedded throughput over Triton python's
 MODELS = ["lstm_step", "gpt_generate"]
@@ -364,26 +362,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from rich.console import Console
-    from rich.markup import escape
-
-    args = parse_args(argv)
-    exit_on_sigterm()
-    console = wide_console(170)
-    try:
-        with Reporter() as report:
-            results = run(args, report)
-    except SeqserveError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; server stopped")
-        return 130
-    render(results, console)
-    if args.json_out:
-        write_json(results, args.json_out)
-        console.print(f"results written to {args.json_out}", highlight=False)
-    return 0
+    return bench_main(parse_args(argv), run, render, width=170)
 
 
 if __name__ == "__main__":

@@ -619,3 +619,31 @@ class fresh_repository:
         import shutil
 
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def bench_main(args, run, render, width: int = 150) -> int:
+    """What every benchmark script's main() does: run(args, report) under a progress Reporter,
+    SeqserveError as one line (exit 2), Ctrl-C with the server stopped (130), then render the
+    results on a `width`-column console and write --json if asked. Adds "seconds" (wall time)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    exit_on_sigterm()
+    out = console(width)
+    t0 = time.monotonic()
+    try:
+        with Reporter() as report:
+            results = run(args, report)
+    except SeqserveError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; server stopped")
+        return 130
+    results.setdefault("seconds", time.monotonic() - t0)
+    render(results, out)
+    if getattr(args, "json_out", None):
+        write_json(results, args.json_out)
+        out.print(f"results written to {args.json_out}", highlight=False)
+    return 0
+
