@@ -109,14 +109,7 @@ class GrpcLane:
                 if resp.error_message:
                     call.fail(C.STREAM, resp.error_message)
                     break
-                r = resp.infer_response
-                if _has_text(r):
-                    if call.times is None:
-                        call.times = []
-                    call.times.append(t)
-                    call.tokens += 1
-                final = r.parameters.get("triton_final_response")
-                if final is not None and final.bool_param:
+                if record_stream_response(call, resp.infer_response, t):
                     break
             else:
                 call.fail(C.CLOSED, "the stream ended without a final response")
@@ -156,6 +149,18 @@ def _kind(e: grpc.aio.AioRpcError) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return C.TIMEOUT
     return f"gRPC {code.name}"
+
+
+def record_stream_response(call, r: pb.ModelInferResponse, t: int) -> bool:
+    """Count one streamed response of `call` (a token when it carries text, at time t); True when
+    it is the final one. Shared by the grpc.aio and the HTTP/2 clients."""
+    if _has_text(r):
+        if call.times is None:
+            call.times = []
+        call.times.append(t)
+        call.tokens += 1
+    final = r.parameters.get("triton_final_response")
+    return final is not None and final.bool_param
 
 
 def _has_text(r: pb.ModelInferResponse) -> bool:

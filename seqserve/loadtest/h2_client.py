@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from seqserve.loadtest import calls as C
 from seqserve.loadtest.calls import Call, now_ns
-from seqserve.loadtest.grpc_client import _has_text
+from seqserve.loadtest.grpc_client import record_stream_response
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -156,14 +156,7 @@ class H2Lane:
             if resp.error_message:
                 call.fail(C.STREAM, resp.error_message)
                 continue
-            r = resp.infer_response
-            if _has_text(r):
-                if call.times is None:
-                    call.times = []
-                call.times.append(t)
-                call.tokens += 1
-            final = r.parameters.get("triton_final_response")
-            if final is not None and final.bool_param:
+            if record_stream_response(call, resp.infer_response, t):
                 self.conn.cancel(self)          # the server may keep the stream open: we are done
                 self.status = "0"
                 self.finish()

@@ -160,12 +160,13 @@ def synthesized_prompts(n: int, chars: int, seed: int) -> list[str]:
 
 # ---- workloads ----------------------------------------------------------------------------------
 
-class InferWorkload:
+class _Rotation:
+    """Pre-encoded requests sent in turn; the lanes keep no per-slot state."""
     streaming = False
 
-    def __init__(self, encoder, samples: list[dict]):
-        self.payloads = [encoder.infer(s) for s in samples]
-        self.largest = max(len(p) for p in self.payloads)
+    def __init__(self, payloads: list[bytes]):
+        self.payloads = payloads
+        self.largest = max(len(p) for p in payloads)
         self._i = count()
 
     def new_slot(self):
@@ -176,6 +177,11 @@ class InferWorkload:
 
     def probe(self) -> bytes:
         return self.payloads[0]
+
+
+class InferWorkload(_Rotation):
+    def __init__(self, encoder, samples: list[dict]):
+        super().__init__([encoder.infer(s) for s in samples])
 
 
 class _Sequence:
@@ -232,22 +238,8 @@ class SequenceWorkload:
         return self.encoder.infer(self.sequences[0][0], params)
 
 
-class GenerateWorkload:
+class GenerateWorkload(_Rotation):
     streaming = True
-
-    def __init__(self, payloads: list[bytes]):
-        self.payloads = payloads
-        self.largest = max(len(p) for p in payloads)
-        self._i = count()
-
-    def new_slot(self):
-        return None
-
-    def next(self, slot) -> bytes:
-        return self.payloads[next(self._i) % len(self.payloads)]
-
-    def probe(self) -> bytes:
-        return self.payloads[0]
 
 
 def generate_fields(info: ModelInfo, prompt: str, max_tokens: int) -> dict:
