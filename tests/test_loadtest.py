@@ -302,7 +302,10 @@ def test_sequences_and_streamed_generation(server, proto):
     check_consistent(res)
     lv = res["levels"][0]
     st = lv["streaming"]
-    assert 1 <= st["tokens_per_request"]["min"] and st["tokens_per_request"]["max"] <= 8
+    # a tiny model sampled at temperature may draw <eos> first: a stream with no text is legitimate
+    # (seen 1 run in 3), so the floor is on the mean, the ceiling (max_tokens) on every stream
+    assert st["tokens_per_request"]["min"] >= 0 and st["tokens_per_request"]["max"] <= 8
+    assert st["tokens_per_request"]["mean"] >= 1
     assert st["output_tokens"] == sum([st["tokens_per_request"]["mean"] * lv["ok"]]) or st["output_tokens"] > 0
     assert 0 < st["ttft_ms"]["p50"] <= lv["latency_ms"]["p50"]
     assert st["itl_ms"]["n"] > 0 and st["output_tokens_per_s"] > 0
