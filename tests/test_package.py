@@ -50,8 +50,10 @@ def test_written_models_parse_agree_and_load(exported, tmp_path, family):
         assert served.info.spec == info.spec and served.info.tokenizer == info.tokenizer
         side = json.loads((folder / "1" / "seqserve.json").read_text())
         assert side["graphs"] == {graph: "model.onnx"} and side["serve"] == {"kind": kind, "graph": graph}
-        assert {k: v for k, v in side.items() if k not in ("graphs", "serve")} == \
+        assert {k: v for k, v in side.items() if k not in ("graphs", "serve", "package")} == \
                {k: v for k, v in info.raw.items() if k != "graphs"}
+        # the group this version belongs to: one package id for the three models (crash-safe writes)
+        assert side["package"]["models"] == list(models_of(family)) and side["package"]["version"] == 1
 
         # ONNX Runtime loads the written graph and runs it (batch 1, 3 tokens, empty past).
         sess = ort.InferenceSession(str(served.model_path), providers=["CPUExecutionProvider"])

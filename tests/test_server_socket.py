@@ -21,7 +21,7 @@ def test_accepted_http_connections_have_tcp_nodelay():
     seen = {}
 
     async def scenario():
-        srv = _Uvicorn(Starlette(routes=[Route("/", lambda r: PlainTextResponse("ok"))]), "127.0.0.1", 0, 1.0)
+        srv = _Uvicorn(Starlette(routes=[Route("/", lambda r: PlainTextResponse("ok"))]), "127.0.0.1", 0)
         port = await srv.start()
         listening = srv.server.servers[0].sockets[0]
         seen["proto"] = listening.proto

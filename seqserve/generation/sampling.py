@@ -30,6 +30,8 @@ class SamplingParams:
             raise SeqserveError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise SeqserveError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise SeqserveError(f"seed must be an integer in 0..2**64-1, got {self.seed}")
         if any(not s for s in self.stop):
             raise SeqserveError("stop strings must not be empty")
 

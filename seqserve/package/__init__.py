@@ -4,11 +4,13 @@
     DIR/NAME_step/config.pbtxt        step graph, sequence batching with implicit state
     DIR/NAME_generate/config.pbtxt    decoupled text generation over the step graph
     DIR/<model>/<N>/model.onnx        the graph (hard link to the export's file, or a copy)
-    DIR/<model>/<N>/seqserve.json     the export sidecar, graphs -> model.onnx, plus "serve"
+    DIR/<model>/<N>/seqserve.json     the export sidecar, graphs -> model.onnx, plus "serve" and
+                                      "package" (the group a version belongs to; see repository.py)
 """
 
 from seqserve.package.repository import (CONFIG, MODEL_FILE, PYTHON_MODEL, PackagedModel, ServedVersion, list_versions,
-                                         load_version, package_export, read_config, served_sidecar)
+                                         load_resolved, load_version, package_export, pending_versions, read_config,
+                                         recover_repository, resolve_version, resolve_versions, served_sidecar)
 from seqserve.package.triton_config import (DERIVED_INPUTS, KIND_GRAPH, KINDS, TARGETS, ModelConfig,
                                             PackageOptions, build_configs, check_against_onnx, check_model_name,
                                             derived_inputs, keeps_own_state, kind_of, model_names,
@@ -18,6 +20,7 @@ __all__ = [
     "CONFIG", "DERIVED_INPUTS", "KINDS", "KIND_GRAPH", "MODEL_FILE", "PYTHON_MODEL", "TARGETS", "ModelConfig",
     "PackageOptions", "keeps_own_state", "target_of",
     "PackagedModel", "ServedVersion", "build_configs", "check_against_onnx", "check_model_name",
-    "derived_inputs", "kind_of", "list_versions", "load_version", "model_names", "onnx_signature",
-    "package_export", "parse_config", "read_config", "served_sidecar", "to_pbtxt",
+    "derived_inputs", "kind_of", "list_versions", "load_resolved", "load_version", "model_names", "onnx_signature",
+    "package_export", "parse_config", "pending_versions", "read_config", "recover_repository",
+    "resolve_version", "resolve_versions", "served_sidecar", "to_pbtxt",
 ]

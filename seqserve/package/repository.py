@@ -2,21 +2,36 @@
 
 Everything that can be refused is checked before the first byte is written (configs vs ONNX,
 names, versions, an existing model of another shape), so a refused package leaves the repository
-as it was. The three version folders are staged as temporary siblings and renamed in together.
+as it was.
+
+The models of one package (NAME, NAME_step, NAME_generate) are one unit, also across a SIGKILL at
+any instant. Each model's version folder is staged under a hidden name in its model folder
+(`.N.tmp-ID`; Triton ignores names that are not numbers) and gets its sidecar last, atomically:
+the sidecar's `package` entry names the package id and every model of the group. A version N of a
+model is the newest package id (by `created`) that every model of its group holds for N, in `N/`
+or a hidden folder (`resolve_versions`); a version without such an id is ignored. So writing the
+last staged sidecar commits the package; renaming the staged folders to `N` (or exchanging them
+with the old `N`, in place) only publishes it for readers of numeric folders only (tritonserver),
+and the next `seqserve package` finishes or rolls back what a killed one left (`recover_repository`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
+import re
+import secrets
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import SIDECAR, ExportInfo, load_export
-from seqserve.io import atomic_dir, atomic_write_text, check_replaceable, write_json
+from seqserve import io as sio
+from seqserve.io import atomic_write_text, check_replaceable
 from seqserve.package.triton_config import (KIND_GRAPH, KINDS, ModelConfig, PackageOptions, build_configs,
                                             check_against_onnx, kind_of, parse_config, target_of,
                                             to_pbtxt, type_name)
@@ -59,12 +74,103 @@ class ServedVersion:
 
 # ---- reading ------------------------------------------------------------------------------------
 
-def list_versions(model_dir: str | Path) -> list[int]:
-    """Numeric version folders, ascending (Triton ignores other names, so do we)."""
+PACKAGE = "package"          # the sidecar entry that ties a version folder to its package
+_HIDDEN_VERSION = re.compile(r"\.(\d+)\.(?:tmp|old)-[0-9a-f]+")
+
+
+def _package_of(folder: Path) -> dict | None:
+    """The sidecar's `package` entry {id, created, models, version}, or None (no sidecar, not
+    readable, or a version written before packages were groups)."""
+    try:
+        pkg = json.loads((folder / SIDECAR).read_text()).get(PACKAGE)
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = (isinstance(pkg, dict) and isinstance(pkg.get("id"), str) and isinstance(pkg.get("created"), int)
+          and isinstance(pkg.get("version"), int) and isinstance(pkg.get("models"), list)
+          and all(isinstance(m, str) and m and "/" not in m and not m.startswith(".") for m in pkg["models"]))
+    return pkg if ok else None
+
+
+class _Scan:
+    """Every version folder of the model folders one resolution looks at, read once:
+    model folder -> {N: [(folder, package or None, numeric?)]}."""
+
+    def __init__(self):
+        self._dirs: dict[Path, dict[int, list[tuple[Path, dict | None, bool]]]] = {}
+
+    def __call__(self, model_dir: Path) -> dict[int, list[tuple[Path, dict | None, bool]]]:
+        if model_dir not in self._dirs:
+            out: dict[int, list] = {}
+            try:
+                entries = sorted(model_dir.iterdir()) if model_dir.is_dir() else []
+            except OSError:
+                entries = []
+            for p in entries:
+                if not p.is_dir():
+                    continue
+                if p.name.isdigit():
+                    out.setdefault(int(p.name), []).append((p, _package_of(p), True))
+                elif m := _HIDDEN_VERSION.fullmatch(p.name):
+                    pkg = _package_of(p)
+                    if pkg is not None:           # a hidden folder counts only with a package sidecar
+                        out.setdefault(int(m.group(1)), []).append((p, pkg, False))
+            self._dirs[model_dir] = out
+        return self._dirs[model_dir]
+
+
+def _resolve(scan: _Scan, model_dir: Path, n: int) -> Path | None:
+    complete = []
+    for folder, pkg, numeric in scan(model_dir).get(n, []):
+        if pkg is None or pkg["version"] != n or model_dir.name not in pkg["models"]:
+            continue
+        if all(any(q is not None and q["id"] == pkg["id"] for _, q, _ in scan(model_dir.parent / m).get(n, []))
+               for m in pkg["models"]):
+            complete.append((pkg["created"], pkg["id"], numeric, folder))
+    if complete:
+        return max(complete)[3]
+    for folder, pkg, numeric in scan(model_dir).get(n, []):
+        if numeric and pkg is None:               # written before packages were groups (or by hand)
+            return folder
+    return None
+
+
+def resolve_versions(model_dir: str | Path) -> dict[int, Path]:
+    """{version: the folder to read}, ascending: the one resolver `seqserve serve`,
+    `validate --repository` and `package` use. A version of a package is the newest package id
+    that every model of its group holds for that number (in `N/` or a hidden staged or previous
+    folder); a version with no complete id (an interrupted package) is left out. A numeric folder
+    whose sidecar has no `package` entry is taken as it is."""
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    return sorted({int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()})
+    scan = _Scan()
+    out = {}
+    for n in sorted(scan(model_dir)):
+        folder = _resolve(scan, model_dir, n)
+        if folder is not None:
+            out[n] = folder
+    return out
+
+
+def resolve_version(model_dir: str | Path, version: int) -> Path | None:
+    """The folder that holds `version` of the model, or None (absent or incomplete)."""
+    return _resolve(_Scan(), Path(model_dir), int(version))
+
+
+def list_versions(model_dir: str | Path) -> list[int]:
+    """Complete version numbers, ascending (see resolve_versions)."""
+    return sorted(resolve_versions(model_dir))
+
+
+def pending_versions(model_dir: str | Path) -> list[int]:
+    """Version numbers that have folders on disk (numeric, or hidden staged ones) but no complete
+    package: what an interrupted `seqserve package` left, which readers ignore."""
+    model_dir = Path(model_dir)
+    on_disk = set()
+    with contextlib.suppress(OSError):
+        for p in model_dir.iterdir():
+            m = _HIDDEN_VERSION.fullmatch(p.name)
+            if p.is_dir() and (p.name.isdigit() or m):
+                on_disk.add(int(p.name) if p.name.isdigit() else int(m.group(1)))
+    return sorted(on_disk - set(resolve_versions(model_dir)))
 
 
 def read_config(model_dir: str | Path) -> ModelConfig:
@@ -101,6 +207,24 @@ def load_version(version_dir: str | Path) -> ServedVersion:
     return ServedVersion(kind, graph, info)
 
 
+def load_resolved(model_dir: str | Path, version: int, folder: Path | None = None) -> ServedVersion:
+    """load_version of the folder that holds `version` (resolve_version). A concurrent package may
+    rename a staged folder into place while we read it: then resolve again (twice at most)."""
+    model_dir = Path(model_dir)
+    for attempt in range(3):
+        if folder is None:
+            folder = resolve_version(model_dir, version)
+            if folder is None:
+                raise SeqserveError(f"{model_dir} has no complete version {version}")
+        try:
+            return load_version(folder)
+        except (SeqserveError, OSError):
+            if attempt == 2 or folder.exists():
+                raise
+            folder = None
+    raise AssertionError("unreachable")
+
+
 # ---- writing ------------------------------------------------------------------------------------
 
 def package_export(export_dir: str | Path, repository: str | Path, name: str | None = None,
@@ -122,42 +246,141 @@ def package_export(export_dir: str | Path, repository: str | Path, name: str | N
                                 + "; ".join(problems))
         if parse_config(to_pbtxt(cfg), f"{model}/{CONFIG}") != cfg:    # what Triton will read back
             raise SeqserveError(f"the {model} config does not survive a round trip through {CONFIG}")
-        _check_existing(repository / model, cfg, info.family)
-    version = _choose_version(repository, list(configs), version)
-    for model in configs:
-        check_replaceable(repository / model / str(version), SIDECAR)
+    if version is not None:
+        _check_version(version)
 
-    # 2. Stage the three version folders; they are renamed in together when the block ends, and
-    #    all removed if anything inside fails.
-    created = [repository / m for m in configs if not (repository / m).exists()]
-    written = []
+    # 2. One writer at a time per repository (readers take no lock: it may be mounted read-only).
+    repository.mkdir(parents=True, exist_ok=True)
+    lock = sio.lock_path(repository)
     try:
-        with contextlib.ExitStack() as stack:
-            for model, cfg in configs.items():
-                kind = kinds[model]
-                graph = KIND_GRAPH[kind]
-                tmp = stack.enter_context(atomic_dir(repository / model / str(version), SIDECAR))
-                _link_or_copy(info.graph_path(graph), tmp / MODEL_FILE)
-                write_json(tmp / SIDECAR, served_sidecar(info, kind))
-                if cfg.backend == "python":
-                    (tmp / PYTHON_MODEL).write_text(PYTHON_MODEL_TEXT)
-                written.append(PackagedModel(model, version, kind, repository / model / str(version), cfg))
+        recover_repository(repository)            # finish or roll back what a killed package left
         for model, cfg in configs.items():
-            atomic_write_text(repository / model / CONFIG, to_pbtxt(cfg))
+            _check_existing(repository / model, cfg, info.family)
+        version = _choose_version(repository, list(configs), version)
+        for model in configs:
+            check_replaceable(repository / model / str(version), SIDECAR)
+        return _write(repository, info, configs, kinds, version)
+    finally:
+        sio.unlock(lock)
+
+
+def _write(repository: Path, info: ExportInfo, configs: dict[str, ModelConfig], kinds: dict[str, str],
+           version: int) -> list[PackagedModel]:
+    pkg_id = secrets.token_hex(8)
+    scan = _Scan()
+    newest = max((q["created"] for m in configs for _, q, _ in scan(repository / m).get(version, []) if q), default=0)
+    package = {"id": pkg_id, "created": max(time.time_ns(), newest + 1), "models": list(configs),
+               "version": version}
+    staged_name = f".{version}.tmp-{pkg_id}"
+    staged: dict[str, Path] = {}
+    made: list[Path] = []               # model folders this call created (removed again on failure)
+    outer: list[Path] = []
+    try:
+        # 3. Stage each model's version folder, all files but the sidecar. A model new to the
+        #    repository is built in a hidden sibling with its config.pbtxt and its staged version
+        #    and renamed in whole, so a model folder never shows without its config; until the
+        #    commit it has no version readers take (a hidden staged one: validate notes it).
+        for model, cfg in configs.items():
+            model_dir = repository / model
+            new = not model_dir.exists()
+            if new:
+                hidden, lock = sio._locked_sibling(model_dir, "tmp", Path.mkdir)
+                sio.unlock(lock)            # the repository lock keeps other writers out
+                outer.append(hidden)
+                build = hidden / model
+                build.mkdir()
+                atomic_write_text(build / CONFIG, to_pbtxt(cfg))
+            else:
+                build = model_dir
+            folder = build / staged_name
+            folder.mkdir()
+            if not new:
+                staged[model] = folder
+            _link_or_copy(info.graph_path(KIND_GRAPH[kinds[model]]), folder / MODEL_FILE)
+            if cfg.backend == "python":
+                (folder / PYTHON_MODEL).write_text(PYTHON_MODEL_TEXT)
+            if new:
+                os.rename(build, model_dir)
+                made.append(model_dir)
+                with contextlib.suppress(OSError):
+                    os.rmdir(hidden)
+            staged[model] = model_dir / staged_name
+        # 4. The sidecars, each written atomically; the last one commits the package.
+        for model in configs:
+            atomic_write_text(staged[model] / SIDECAR,
+                              json.dumps(served_sidecar(info, kinds[model], package), indent=2) + "\n")
     except BaseException:
-        for d in created:               # a model folder we made for this call and left empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        for model, folder in staged.items():
+            sio.remove_tree(folder, SIDECAR)
+        for d in made + outer:
+            shutil.rmtree(d, ignore_errors=True)
         raise
-    return written
+    # 5. Committed: readers that honour packages see version N of every model now. Publish it for
+    #    those that read numeric folders only, then the configs (unchanged in what a client sees).
+    for model in configs:
+        _publish(staged[model], repository / model / str(version))
+    for model, cfg in configs.items():
+        if repository / model not in made:
+            atomic_write_text(repository / model / CONFIG, to_pbtxt(cfg))
+    return [PackagedModel(model, version, kinds[model], repository / model / str(version), cfg)
+            for model, cfg in configs.items()]
 
 
-def served_sidecar(info: ExportInfo, kind: str) -> dict:
-    """The export sidecar for one served version: only its graph, named model.onnx, plus `serve`."""
+def _publish(staged: Path, target: Path) -> None:
+    """Put a staged (complete) version folder at its numeric name; the previous folder, if any, is
+    removed (its sidecar first, so a half-removed folder is never taken for a version)."""
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if sio.exchange(staged, target):        # one atomic swap: `staged` now holds the previous one
+        sio.remove_tree(staged, SIDECAR)
+        return
+    aside = target.parent / f".{target.name}.old-{secrets.token_hex(4)}"
+    os.rename(target, aside)                # readers find both hidden ones; the newer package wins
+    os.rename(staged, target)
+    sio.remove_tree(aside, SIDECAR)
+
+
+def recover_repository(repository: str | Path) -> None:
+    """Finish or roll back what killed `seqserve package` runs left (call with the repository
+    lock held): every model's resolved versions are moved to their numeric folders, every other
+    hidden version folder is removed, and so are hidden model folders that never got renamed in."""
+    repository = Path(repository)
+    root_hidden = re.compile(r"\.(.+)\.(?:tmp|old)-[0-9a-f]+")
+    for p in list(repository.iterdir()):
+        if m := root_hidden.fullmatch(p.name):
+            sio.recover(repository / m.group(1))
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        scan = _Scan()
+        removed = False
+        for n in sorted(scan(model_dir)):
+            chosen = _resolve(scan, model_dir, n)
+            if chosen is not None and chosen.name != str(n):
+                _publish(chosen, model_dir / str(n))
+            for p in list(model_dir.iterdir()):
+                if (m := _HIDDEN_VERSION.fullmatch(p.name)) and int(m.group(1)) == n:
+                    sio.remove_tree(p, SIDECAR)
+                    removed = True
+        for p in list(model_dir.iterdir()):        # hidden folders without a package sidecar
+            if _HIDDEN_VERSION.fullmatch(p.name):
+                sio.remove_tree(p, SIDECAR)
+                removed = True
+        sio.recover(model_dir / CONFIG)            # a killed config write's temporary file
+        with contextlib.suppress(OSError):
+            if removed and [p.name for p in model_dir.iterdir()] == [CONFIG]:
+                os.unlink(model_dir / CONFIG)      # a model a killed first package was creating
+                os.rmdir(model_dir)
+
+
+def served_sidecar(info: ExportInfo, kind: str, package: dict | None = None) -> dict:
+    """The export sidecar for one served version: only its graph, named model.onnx, plus `serve`
+    (and `package`: {id, created, models, version}, which makes the version part of a group)."""
     graph = KIND_GRAPH[kind]
     raw = copy.deepcopy(info.raw)
     raw["graphs"] = {graph: MODEL_FILE}
     raw["serve"] = {"kind": kind, "graph": graph}
+    if package is not None:
+        raw[PACKAGE] = dict(package)
     return raw
 
 
@@ -175,6 +398,10 @@ def _choose_version(repository: Path, models: list[str], version: int | None) ->
         # One number for the three models of an export, so NAME/N, NAME_step/N and
         # NAME_generate/N always come from the same export.
         return 1 + max((v for m in models for v in list_versions(repository / m)), default=0)
+    return _check_version(version)
+
+
+def _check_version(version) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SeqserveError(f"version must be a whole number of at least 1; got {version!r}")
     return version
@@ -213,11 +440,11 @@ def _check_existing(model_dir: Path, cfg: ModelConfig, family: str) -> None:
                                 "shape: choose another --name)")
     # Families can share a signature (rnn and gru with the same sizes): compare the newest
     # version's family too. A version folder we cannot read says nothing either way.
-    versions = list_versions(model_dir)
+    versions = resolve_versions(model_dir)
     old_family = None
     if versions:
         with contextlib.suppress(SeqserveError):
-            old_family = load_version(model_dir / str(versions[-1])).info.family
+            old_family = load_version(versions[max(versions)]).info.family
     if old_family is not None and old_family != family:
         raise SeqserveError(f"model {model_dir.name} in {model_dir.parent} serves family "
                             f"{old_family}; this export is {family} (choose another --name)")

@@ -21,6 +21,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
+from seqserve.package.triton_config import GENERATE_OPTIONAL
 from seqserve.serve.types import (DATATYPES, InferRequest, InferResponse, RequestedOutput,
                                   ServeError, datatype_of)
 
@@ -31,8 +32,11 @@ _LEN = struct.Struct("<I")
 # Request parameters Triton gives a meaning to; custom ones must be plain scalars (gRPC can carry
 # nothing else, and HTTP should not accept what gRPC cannot).
 _BOOL_PARAMS = frozenset({"sequence_start", "sequence_end", "binary_data_output",
-                          "triton_enable_empty_final_response"})
+                          "triton_enable_empty_final_response", "greedy"})
 _UINT_PARAMS = frozenset({"priority", "timeout"})
+# Generation parameters may come as request parameters as well as inputs: one rule for both.
+_GENERATE_SPECS = {name: mc.ModelInput(name=name, data_type=data_type, dims=dims)
+                   for name, data_type, dims in GENERATE_OPTIONAL}
 
 # gRPC typed contents: the field that carries each datatype (FP16 has none: raw contents only).
 _CONTENTS_FIELD = {
@@ -130,27 +134,35 @@ def check_parameters(params, where: str) -> dict:
         elif not isinstance(value, (str, int, float)):   # bool is an int
             raise bad(f"parameter {key!r} must be a string, number or boolean, "
                       f"got a JSON {_jtype(value)}")
+        elif key in _GENERATE_SPECS:
+            # A generation parameter: the same type and range as the generate model's input of
+            # that name (seed: UINT64, max_tokens/top_k: INT32, temperature/top_p: FP32, stop).
+            _generate_value(_GENERATE_SPECS[key], value, batched=False, what="parameter")
     return params
 
 
-# numpy cannot hold an array whose dims (zeros aside) multiply past this, even an empty one.
-_MAX_ELEMENTS = 2**62
+# numpy refuses any array, even an empty one, whose non-zero dims times its item size pass
+# 2**63 - 1 bytes ("array is too big"); shapes are checked against this before anything is
+# allocated. Real requests are bounded far below by --max-request-bytes.
+_MAX_NOMINAL_BYTES = 2**62
 
 
-def _shape(shape, name: str) -> tuple[int, ...]:
+def _shape(shape, name: str, datatype: str) -> tuple[int, ...]:
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise bad(f"input {name!r}: \"shape\" must be an array of non-negative integers, "
                   f"got {shape!r}")
-    return _check_size(name, tuple(shape))
+    return _check_size(name, tuple(shape), datatype)
 
 
-def _check_size(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    size = 1
+def _check_size(name: str, shape: tuple[int, ...], datatype: str) -> tuple[int, ...]:
+    """The one shape check every wire form runs before allocating (JSON, binary, gRPC)."""
+    size = _DTYPES[datatype].itemsize       # BYTES: an object array holds 8-byte pointers
     for d in shape:
         size *= max(d, 1)
-        if size > _MAX_ELEMENTS:
-            raise bad(f"input {name!r}: shape {_shape_text(shape)} is too large (more than 2**62 "
-                      "elements, even counting only its non-zero dimensions)")
+        if size > _MAX_NOMINAL_BYTES:
+            raise bad(f"input {name!r}: shape {_shape_text(shape)} is too large for {datatype} "
+                      "(its non-zero dimensions alone make more than 2**62 bytes); expected a "
+                      "shape whose tensor fits the request")
     return shape
 
 
@@ -389,7 +401,7 @@ def decode_http_infer(model: str, version: str, body: bytes,
         if datatype not in _DTYPES:
             raise bad(f"input {name!r} has datatype {datatype!r}; expected one of "
                       f"{_DATATYPE_LIST}")
-        shape = _shape(tensor.get("shape"), name)
+        shape = _shape(tensor.get("shape"), name, datatype)
         tparams = tensor.get("parameters", {})
         if not isinstance(tparams, dict):
             raise bad(f"input {name!r}: \"parameters\" must be an object, got a JSON "
@@ -590,7 +602,7 @@ def decode_grpc_infer(request: pb.ModelInferRequest) -> InferRequest:
                       f"{_DATATYPE_LIST}")
         if any(d < 0 for d in tensor.shape):
             raise bad(f"input {name!r}: shape {list(tensor.shape)} has a negative dimension")
-        shape = _check_size(name, tuple(tensor.shape))
+        shape = _check_size(name, tuple(tensor.shape), tensor.datatype)
         _refuse_unsupported(tensor.parameters, f"input {name!r}")
         if raw:
             if tensor.contents.ListFields():
@@ -630,7 +642,8 @@ def encode_grpc_infer(response: InferResponse, request: InferRequest) -> pb.Mode
 
 # ---- generate extension ---------------------------------------------------------------------
 
-def _generate_value(spec, value, batched: bool) -> np.ndarray:
+def _generate_value(spec, value, batched: bool, what: str = "input") -> np.ndarray:
+    """A JSON value for the model input `spec` (a ModelInput), checked for type and range."""
     name = spec.name
     datatype = _CONFIG_DATATYPES.get(spec.data_type)
     if datatype is None:
@@ -664,7 +677,8 @@ def _generate_value(spec, value, batched: bool) -> np.ndarray:
             expected = f"a number that fits {datatype}"
     if not ok:
         many = " (or an array of them)" if not dims or dims[-1] == -1 else ""
-        raise bad(f"{name!r} must be {expected}{many}, got {value!r}")
+        label = f"parameter {name!r}" if what == "parameter" else repr(name)
+        raise bad(f"{label} must be {expected}{many}, got {value!r}")
     array = np.empty(len(values), dtype=object) if datatype == "BYTES" else None
     if array is not None:
         array[:] = values

@@ -28,6 +28,8 @@ from seqserve.serve.models import ServedModelBase, parameter
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
 
+SHUTDOWN_FINISH = "shutdown"      # finish_reason of streams the server ended when it stopped
+
 _NUMERIC = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
 
 
@@ -85,7 +87,7 @@ class GenerateModel(ServedModelBase):
                 vals["stop"] = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
             if "greedy" in vals:
                 vals["greedy"] = bool(vals["greedy"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ServeError(400, f"generation parameters must be numbers (max_tokens, top_k, seed: integers; "
                                   f"temperature, top_p: floats) and stop a string or list; got {vals}") from None
         try:
@@ -236,12 +238,21 @@ class _GenerationScheduler(Worker):
             self.state = None
         self.rows = [self.rows[r] for r in keep]
 
-    def fail_all(self, items: list, error: Exception) -> None:
+    def fail_all(self, items: list[_Stream], error: Exception) -> None:
+        self._end(items, ServeError(500, f"model '{self.model.name}' failed: {error}"))
+
+    def end_items(self, items: list[_Stream]) -> None:
+        # Shutdown: a stream ends like any other, with a final event, finish_reason "shutdown"
+        # (SSE: a last `data:` line; gRPC: a response flagged triton_final_response).
+        self._end(items, ("", SHUTDOWN_FINISH))
+
+    def _end(self, items: list[_Stream], event) -> None:
         replies = Replies()
-        for s in [*self.rows, *self.waiting]:
+        for s in [*self.rows, *self.waiting, *items]:
             if not s.done:
                 s.done = True
-                replies.add(s.loop, s.events.put_nowait, ServeError(500, f"model '{self.model.name}' failed: {error}"))
+                replies.add(s.loop, s.events.put_nowait, event)
         self.rows, self.state = [], None
         self.waiting.clear()
+        self.model.stats.active_sequences = 0
         replies.flush()

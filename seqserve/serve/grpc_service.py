@@ -16,6 +16,7 @@ import logging
 
 import grpc
 from google.protobuf.json_format import ParseDict
+from google.protobuf.message_factory import GetMessageClass
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
@@ -34,6 +35,25 @@ _CODES = {
 }
 _PUBLIC = frozenset({"ServerLive", "ServerReady"})   # like /v2/health/*: no API key needed
 _STREAM_QUEUE = 256
+_WAKE = object()     # a stream's queue item that carries no response: look at the state again
+
+
+class Undecodable:
+    """What the request deserializer returns for bytes that are not the RPC's message: the
+    handler answers INVALID_ARGUMENT instead of grpcio's UNKNOWN "Unexpected DecodeError"."""
+
+    def __init__(self, message_type: str, error: Exception):
+        self.message = (f"the request is not a valid {message_type} protobuf message ({error}); "
+                        f"send an inference.{message_type} as Triton's gRPC API defines it")
+
+
+def _deserializer(message_class):
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception as e:          # DecodeError, or RuntimeWarning-style C++ parse errors
+            return Undecodable(message_class.DESCRIPTOR.name, e)
+    return parse
 
 
 def grpc_code(status: int) -> grpc.StatusCode:
@@ -47,6 +67,8 @@ def _rpc(method):
     @functools.wraps(method)
     async def run(self, request, context):
         try:
+            if isinstance(request, Undecodable):
+                raise bad(request.message)
             return await method(self, request, context)
         except ServeError as e:
             if e.status >= 500 and e.status != 503:
@@ -74,6 +96,8 @@ def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStream
 class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repo: Repository):
         self.repo = repo
+        self.ending = False
+        self._streams: set = set()      # a wake-up per open ModelStreamInfer call
 
     @_rpc
     async def ServerLive(self, request, context):
@@ -139,12 +163,27 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         resp = await self.repo.get(req.model, req.version).infer(req)
         return encode_grpc_infer(resp, req)
 
+    def end_streams(self) -> None:
+        """Shutdown (after the models ended every request with a terminal answer): each open
+        ModelStreamInfer call ends with status OK once the responses it owes are written, instead
+        of waiting for a client that may keep its side open, or being cut UNAVAILABLE."""
+        self.ending = True
+        for wake in list(self._streams):
+            wake()
+
     async def ModelStreamInfer(self, request_iterator, context):
         queue: asyncio.Queue = asyncio.Queue(_STREAM_QUEUE)
         tasks: set[asyncio.Task] = set()
 
-        async def handle(request: pb.ModelInferRequest) -> None:
+        def wake() -> None:
+            if queue.empty():
+                queue.put_nowait(_WAKE)
+
+        async def handle(request) -> None:
             try:
+                if isinstance(request, Undecodable):
+                    request, message = pb.ModelInferRequest(), request.message
+                    raise bad(message)
                 async for response in self._stream_one(request):
                     await queue.put(response)
             except ServeError as e:
@@ -153,6 +192,9 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 log.exception("unexpected error in ModelStreamInfer")
                 await queue.put(_stream_error(
                     request, f"internal server error: {type(e).__name__}: {e}"))
+            finally:            # (before its done-callback runs: the writer looks at `tasks`)
+                tasks.discard(asyncio.current_task())
+                wake()
 
         async def read() -> None:
             try:
@@ -166,10 +208,15 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 await queue.put(None)
 
         reader = asyncio.create_task(read())
+        self._streams.add(wake)
         try:
             while (response := await queue.get()) is not None:
-                yield response
+                if response is not _WAKE:
+                    yield response
+                if self.ending and not tasks and queue.empty():
+                    return      # shutdown: everything owed was written; end with status OK
         finally:   # done, or the client went away: stop producing for it
+            self._streams.discard(wake)
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
@@ -244,6 +291,25 @@ def _deny(handler):
     return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
 
 
+def _handlers(servicer: _Servicer) -> grpc.GenericRpcHandler:
+    """The service's method handlers, as grpc's generated add_..._to_server builds them, but with
+    a request deserializer that never raises (see Undecodable)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_class = GetMessageClass(method.input_type)
+        response_class = GetMessageClass(method.output_type)
+        make = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[
+            (method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(getattr(servicer, method.name),
+                                     request_deserializer=_deserializer(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 def make_grpc_server(repo: Repository, *, host: str, port: int, api_key: str | None = None,
                      max_request_bytes: int = 64 << 20) -> grpc.aio.Server:
     """The gRPC front end, bound but not started: `await server.start()` inside the running loop
@@ -255,7 +321,9 @@ def make_grpc_server(repo: Repository, *, host: str, port: int, api_key: str | N
                  # gRPC sets SO_REUSEPORT by default: a second server on the same port would
                  # silently share its traffic instead of failing to start.
                  ("grpc.so_reuseport", 0)])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(repo), server)
+    servicer = _Servicer(repo)
+    server.add_generic_rpc_handlers((_handlers(servicer),))
+    server.servicer = servicer
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server.bound_port = server.add_insecure_port(address)

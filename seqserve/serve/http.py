@@ -125,19 +125,30 @@ def _sse(obj) -> bytes:
     return b"data: " + dumps(obj) + b"\n\n"
 
 
+def _authorizer(api_key: str | None):
+    """check(request) raising ServeError 401 unless it carries 'Authorization: Bearer <key>'
+    (a no-op without a key). One check for the API and the metrics port."""
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    def check(request: Request) -> None:
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise ServeError(401, "missing or wrong API key: send the header "
+                                      "'Authorization: Bearer <key>'")
+    return check
+
+
 def make_app(repo: Repository, *, api_key: str | None = None,
              max_request_bytes: int = 64 << 20) -> Starlette:
     """The HTTP front end; `api_key` guards every route but /v2/health/*."""
-    expected = f"Bearer {api_key}".encode() if api_key else None
+    authorize = _authorizer(api_key)
 
     def endpoint(handler, public: bool = False):
         async def run(request: Request) -> Response:
             try:
-                if expected is not None and not public:
-                    given = request.headers.get("authorization", "").encode()
-                    if not hmac.compare_digest(given, expected):
-                        raise ServeError(401, "missing or wrong API key: send the header "
-                                              "'Authorization: Bearer <key>'")
+                if not public:
+                    authorize(request)
                 return await handler(request)
             except ServeError as e:
                 if e.status >= 500 and e.status != 503:
@@ -330,11 +341,18 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 _HANDLERS = {HTTPException: _http_exception, Exception: _unexpected}
 
 
-def make_metrics_app(repo: Repository) -> Starlette:
-    """GET /metrics: Prometheus text exposition with Triton's metric names."""
+def make_metrics_app(repo: Repository, *, api_key: str | None = None) -> Starlette:
+    """GET /metrics: Prometheus text exposition with Triton's metric names. With `api_key` it
+    needs the same bearer token as the API (model names and traffic are not for everyone;
+    Prometheus sends it with `authorization: {credentials: ...}` in its scrape config)."""
+    authorize = _authorizer(api_key)
+
     async def metrics(request: Request) -> Response:
         try:
+            authorize(request)
             return Response(repo.metrics_text(), media_type="text/plain; version=0.0.4")
+        except ServeError as e:
+            return _error(e.status, e.message)
         except Exception as e:
             log.exception("metrics failed")
             return _error(500, f"internal server error: {type(e).__name__}: {e}")

@@ -21,6 +21,9 @@ from seqserve.serve.stats import ModelStats
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
 
+# What a request still queued when the drain time runs out is told (HTTP 503, gRPC UNAVAILABLE).
+SHUTDOWN_MESSAGE = "the server shut down before this request ran; send it again to another replica"
+
 INLINE_TOKENS = 8     # requests up to this many tokens may run inline on the loop (worker.py)
 
 # Triton config data_type -> KServe datatype
@@ -267,8 +270,14 @@ class _DynamicBatcher(Worker):
         replies.flush()
 
     def fail_all(self, jobs: list[_Job], error: Exception) -> None:
+        self._answer(jobs, ServeError(500, f"model '{self.model.name}' failed: {error}"), "BACKEND")
+
+    def end_items(self, jobs: list[_Job]) -> None:
+        self._answer(jobs, ServeError(503, SHUTDOWN_MESSAGE), "OTHER")
+
+    def _answer(self, jobs: list[_Job], error: ServeError, reason: str) -> None:
         replies = Replies()
         for j in jobs:
-            replies.resolve(j.loop, j.fut, ServeError(500, f"model '{self.model.name}' failed: {error}"))
-            self.model.stats.request_failed(now_ns() - j.t0, "BACKEND")
+            replies.resolve(j.loop, j.fut, error)
+            self.model.stats.request_failed(now_ns() - j.t0, reason)
         replies.flush()

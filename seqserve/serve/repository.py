@@ -86,7 +86,7 @@ class ModelRepository:
                 progress(name, self.models[name])
 
     def load_sync(self, name: str) -> _Entry:
-        from seqserve.package import list_versions, load_version, read_config
+        from seqserve.package import load_resolved, read_config, resolve_versions
 
         folder = self.root / name
         if not (folder / "config.pbtxt").is_file():
@@ -99,13 +99,14 @@ class ModelRepository:
             config = read_config(folder)
             if config.name and config.name != name:
                 raise SeqserveError(f"{folder}/config.pbtxt names the model '{config.name}'; the folder is '{name}'")
-            available = list_versions(folder)
+            folders = resolve_versions(folder)    # complete versions only: an interrupted package's are ignored
+            available = sorted(folders)
             chosen = _chosen_versions(config, available)
             if not chosen:
                 raise SeqserveError(f"{folder} has no version folder the version_policy selects "
                                     f"(found {available or 'none'}); expected e.g. {folder}/1/model.onnx")
             for v in chosen:
-                served = load_version(folder / str(v))
+                served = load_resolved(folder, v, folders[v])
                 versions[str(v)] = _model_class(served.kind)(name, str(v), config, served, self.options)
         except SeqserveError as e:
             errors.append(str(e))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seqserve.generation.cache import DecodeState
-from seqserve.serve.models import INLINE_TOKENS, ServedModelBase
+from seqserve.serve.models import INLINE_TOKENS, SHUTDOWN_MESSAGE, ServedModelBase
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
 
@@ -247,11 +247,20 @@ class _SequenceScheduler(Worker):
         m.stats.active_sequences = len(m.table)
 
     def fail_all(self, items: list[_Step], error: Exception) -> None:
+        self._answer(items, ServeError(500, f"model '{self.model.name}' failed: {error}"))
+
+    def end_items(self, items: list[_Step]) -> None:
+        self._answer(items, ServeError(503, SHUTDOWN_MESSAGE + "; its sequence was ended"))
+
+    def _answer(self, items: list[_Step], error: ServeError) -> None:
+        """Every queued step (waiting sequences and just-submitted ones) gets `error`; their
+        sequences end."""
         replies = Replies()
-        for seq in list(self.waiting):
+        seqs = list(dict.fromkeys([*self.waiting, *(st.seq for st in items)]))
+        for seq in seqs:
             while seq.queue:
                 st = seq.queue.popleft()
-                replies.resolve(st.loop, st.fut, ServeError(500, f"model '{self.model.name}' failed: {error}"))
+                replies.resolve(st.loop, st.fut, error)
             self.model.table.remove(seq)
         self.waiting.clear()
         replies.flush()

@@ -2,8 +2,10 @@
 
 Start-up: load every model (ORT sessions, worker threads), then open the listeners on
 127.0.0.1 unless told otherwise. Shutdown (SIGTERM, Ctrl-C): stop taking new requests (503,
-readiness goes false), let in-flight requests and streams finish (up to `drain_seconds`), close
-the listeners, then stop the model workers. A second Ctrl-C skips the wait.
+readiness goes false), let in-flight requests and streams finish (up to `drain_seconds`), then
+end what is left with a terminal answer (queued requests 503; every stream a final event with
+finish_reason "shutdown"), close the listeners, then stop the model workers. A second Ctrl-C
+skips the wait.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from seqserve.runtime import RuntimeOptions
 from seqserve.serve.repository import ModelRepository
 
 log = logging.getLogger("seqserve.serve")
+
+# Shutdown bounds past --drain-seconds: time for the final events of ended streams to be written,
+# then for the listeners to close their connections (streams have ended by then, so neither wait
+# is normally used up).
+FINAL_SECONDS = 1.0
+LISTENER_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class ServerConfig:
 class _Uvicorn:
     """uvicorn.Server without its own signal handling (we run two of them and handle signals once)."""
 
-    def __init__(self, app, host: str, port: int, drain: float):
+    def __init__(self, app, host: str, port: int):
         import uvicorn
 
         class Quiet(uvicorn.Server):
@@ -61,7 +69,7 @@ class _Uvicorn:
                 return contextlib.nullcontext()
 
         cfg = uvicorn.Config(app, host=host, port=port, loop="none", http="httptools", lifespan="off",
-                             access_log=False, log_level="warning", timeout_graceful_shutdown=max(drain, 1),
+                             access_log=False, log_level="warning", timeout_graceful_shutdown=LISTENER_GRACE,
                              timeout_keep_alive=30)
         self.server = Quiet(cfg)
         self.task: asyncio.Task | None = None
@@ -117,7 +125,7 @@ class Server:
         what = f"HTTP port {c.http_port}"
         try:
             self._http = _Uvicorn(make_app(self.repo, api_key=c.api_key, max_request_bytes=c.max_request_bytes),
-                                  c.host, c.http_port, c.drain_seconds)
+                                  c.host, c.http_port)
             self.ports["http"] = await self._http.start()
             if c.grpc_port >= 0:
                 what = f"gRPC port {c.grpc_port}"
@@ -127,7 +135,8 @@ class Server:
                 await self._grpc.start()
             if c.metrics_port >= 0:
                 what = f"metrics port {c.metrics_port}"
-                self._metrics = _Uvicorn(make_metrics_app(self.repo), c.host, c.metrics_port, 1.0)
+                self._metrics = _Uvicorn(make_metrics_app(self.repo, api_key=c.api_key), c.host,
+                                         c.metrics_port)
                 self.ports["metrics"] = await self._metrics.start()
         except OSError as e:
             await self._close_listeners()
@@ -145,19 +154,31 @@ class Server:
         await self.shutdown()
 
     async def shutdown(self) -> None:
+        """Drain, then end what is left, then close: the process exits within drain_seconds +
+        FINAL_SECONDS + LISTENER_GRACE (+ joining the model threads, one iteration each)."""
+        loop = asyncio.get_running_loop()
         self.repo.draining = True        # new requests: 503; readiness: false
-        deadline = time.monotonic() + self.config.drain_seconds
-        while self.repo.busy() and time.monotonic() < deadline and not self._force:
-            await asyncio.sleep(0.05)
+        await self._wait_idle(self.config.drain_seconds)
+        # Drain time is up: every queued request gets 503, every open stream its final event
+        # (finish_reason "shutdown"); gRPC streams then end with status OK once written.
+        await loop.run_in_executor(None, self.repo.end_all)
+        if self._grpc is not None:
+            self._grpc.servicer.end_streams()
+        await self._wait_idle(FINAL_SECONDS)
         await self._close_listeners()
-        await asyncio.get_running_loop().run_in_executor(None, self.repo.close)
+        await loop.run_in_executor(None, self.repo.close)
+
+    async def _wait_idle(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.repo.busy() and time.monotonic() < deadline and not self._force:
+            await asyncio.sleep(0.02)
 
     async def _close_listeners(self) -> None:
+        # Together, so the listeners' grace periods overlap: LISTENER_GRACE bounds them all.
+        closing = [s.stop() for s in (self._http, self._metrics) if s is not None]
         if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
-        for s in (self._http, self._metrics):
-            if s is not None:
-                await s.stop()
+            closing.append(self._grpc.stop(grace=LISTENER_GRACE))
+        await asyncio.gather(*closing)
 
 
 def run_server(config: ServerConfig, on_loaded=None, on_ready=None) -> None:

@@ -79,6 +79,16 @@ class Worker:
                 self._run_lock.release()
         self.submit(item)
 
+    def end_all(self) -> None:
+        """Shutdown, when the drain time is up: give every queued and active item its terminal
+        answer now (a generation stream its final event, a request 503). Blocking: it waits for a
+        running iteration to finish, so call it from a thread pool, not the event loop."""
+        with self._run_lock:
+            with self._cv:
+                new = list(self._inbox)
+                self._inbox.clear()
+            self.end_items(new)
+
     def close(self, timeout: float = 30.0) -> None:
         """Finish what is queued and active, then stop the thread."""
         with self._cv:
@@ -130,6 +140,10 @@ class Worker:
         raise NotImplementedError
 
     def fail_all(self, items: list, error: Exception) -> None:
+        raise NotImplementedError
+
+    def end_items(self, items: list) -> None:
+        """Answer `items` (just taken from the inbox) and everything active: see end_all."""
         raise NotImplementedError
 
 

@@ -24,7 +24,7 @@ PYTHON_IMPORT = "from seqserve.triton.python_model import TritonPythonModel"
 
 
 def validate_repository(path: str | Path, progress=None) -> ValidationReport:
-    from seqserve.package import CONFIG, KIND_GRAPH, PYTHON_MODEL, list_versions, read_config
+    from seqserve.package import CONFIG, KIND_GRAPH, PYTHON_MODEL, pending_versions, read_config, resolve_versions
     from seqserve.package.triton_config import TARGETS, kind_of, target_of
 
     root = Path(path)
@@ -51,12 +51,21 @@ def validate_repository(path: str | Path, progress=None) -> ValidationReport:
         except SeqserveError as e:
             rows.append(CheckResult("config", name, CONFIG, False, detail=str(e)))
             continue
-        versions = list_versions(model_dir)
-        rows.append(CheckResult("config", name, CONFIG, bool(versions),
+        folders = resolve_versions(model_dir)     # the resolver `seqserve serve` uses: complete versions
+        versions = sorted(folders)
+        pending = pending_versions(model_dir)      # an interrupted package's: ignored, noted
+        rows.append(CheckResult("config", name, CONFIG, bool(versions or pending),
                                 detail=f"{kind}, target {target}, versions {versions}" if versions
+                                else f"{kind}, target {target}, no complete version yet" if pending
                                 else f"{model_dir} has no numeric version folder"))
         for v in versions:
-            rows += _version_rows(model_dir / str(v), f"{name}/{v}", cfg, kind, KIND_GRAPH[kind], PYTHON_MODEL)
+            rows += _version_rows(folders[v], f"{name}/{v}", cfg, kind, KIND_GRAPH[kind], PYTHON_MODEL)
+        if pending:
+            rows.append(CheckResult("version", name, "incomplete, ignored", True,
+                                    detail=f"version(s) {pending} are not complete for every model of "
+                                           "their package (an interrupted `seqserve package`); servers "
+                                           "of seqserve ignore them and the next package finishes or "
+                                           "removes them"))
     return ValidationReport(export=str(root), family="repository", checks=rows)
 
 
