@@ -493,13 +493,9 @@ def bad_infer(draw):
     elif kind == "shape":
         n = draw(st.integers(0, 6))
         data = [draw(st.integers(3, VOCAB - 1)) for _ in range(n)]
-        shape = draw(st.lists(st.one_of(st.integers(-3, 7), st.just(2**40)), max_size=4))
+        shape = draw(st.lists(st.one_of(st.integers(-3, 7), st.sampled_from([2**40, 2**61, 2**62])), max_size=4))
         if _valid_shape(shape, n):
             shape = shape + [1]             # rank 3: never valid
-        if 0 in shape:
-            # a 0 with dims whose product overflows is a known codec bug (500, not 400):
-            # test_zero_sized_shape_with_huge_dims_is_400 below
-            shape = [d for d in shape if d < 2**31]
         body = json.dumps(infer_doc(data, shape=shape)).encode()
     elif kind == "vocab":
         ids = draw(st.lists(st.integers(3, VOCAB - 1), min_size=0, max_size=5))
