@@ -32,6 +32,7 @@ from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import SIDECAR, ExportInfo, load_export
 from seqserve import io as sio
 from seqserve.io import atomic_write_text, check_replaceable
+from seqserve.package.triton_gpu_graphs import backend_problems, write_backend_graph
 from seqserve.package.triton_config import (KIND_GRAPH, KINDS, ModelConfig, PackageOptions, build_configs,
                                             check_against_onnx, kind_of, parse_config, target_of,
                                             to_pbtxt, type_name)
@@ -240,7 +241,7 @@ def package_export(export_dir: str | Path, repository: str | Path, name: str | N
     # 1. Everything that can be refused, before writing anything.
     for model, cfg in configs.items():
         graph = KIND_GRAPH[kinds[model]]
-        problems = check_against_onnx(cfg, info.graph_path(graph), info.graph(graph))
+        problems = check_against_onnx(cfg, info.graph_path(graph), info.graph(graph)) + backend_problems(cfg, info)
         if problems:
             raise SeqserveError(f"the {model} config does not agree with {info.graph_path(graph)}: "
                                 + "; ".join(problems))
@@ -297,6 +298,7 @@ def _write(repository: Path, info: ExportInfo, configs: dict[str, ModelConfig], 
             if not new:
                 staged[model] = folder
             _link_or_copy(info.graph_path(KIND_GRAPH[kinds[model]]), folder / MODEL_FILE)
+            write_backend_graph(cfg, info, folder)      # triton-gpu: the graph Triton's backend loads
             if cfg.backend == "python":
                 (folder / PYTHON_MODEL).write_text(PYTHON_MODEL_TEXT)
             if new:

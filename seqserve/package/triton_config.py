@@ -137,9 +137,32 @@ def build_configs(info: ExportInfo, name: str, options: PackageOptions) -> dict[
     """model name -> config for the three models of one export (full, step, generate)."""
     check_model_name(name)
     names = model_names(name)
-    return {names["full"]: _full(info.spec.full, names["full"], options),
+    cfgs = {names["full"]: _full(info.spec.full, names["full"], options),
             names["step"]: _step(info.spec.step, names["step"], options),
             names["generate"]: _generate(names["generate"], options)}
+    if options.target == "triton-gpu":
+        _native_graphs(info, cfgs)
+    return cfgs
+
+
+def _native_graphs(info: ExportInfo, cfgs: dict[str, ModelConfig]) -> None:
+    """triton-gpu: point Triton's onnxruntime backend at the rewritten graph where the export's
+    does not fit it (seqserve/package/triton_gpu_graphs.py says why); model.onnx stays the
+    export's graph, which `seqserve serve` runs from the same repository."""
+    from seqserve.package.triton_gpu_graphs import BACKEND_GRAPH, needs_backend_graph
+
+    for cfg in cfgs.values():
+        kind = kind_of(cfg)
+        if cfg.backend == "python" or not needs_backend_graph(info.graph_path(KIND_GRAPH[kind]),
+                                                              info.graph(KIND_GRAPH[kind]), kind):
+            continue
+        cfg.default_model_filename = BACKEND_GRAPH
+        what = ["opset-23 Attention decomposed into ops ONNX Runtime 1.23's CUDA provider runs "
+                "(its Attention kernel is CPU-only)"]
+        if kind == "step":
+            what.append("START control input; past dropped on START; attention_mask/position_ids "
+                        "derived in the graph")
+        cfg.parameters["seqserve.backend_graph"].string_value = "; ".join(what)
 
 
 def target_of(cfg: ModelConfig) -> str:
@@ -205,18 +228,29 @@ def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
     cfg = ModelConfig(name=name, max_batch_size=batch)
     state_in = graph.state_inputs
     state_out = {p.output for p in graph.state}
-    # Triton's native backend cannot compute attention_mask/position_ids from the sequence it
-    # keeps: there the client sends them; our server and the python backend derive them.
-    derived = [] if native else [t.name for t in graph.inputs if t.name in DERIVED_INPUTS]
+    # attention_mask/position_ids come from the sequence the server keeps: our server and the
+    # python backend derive them; under triton-gpu the backend's graph derives them itself
+    # (triton_gpu_graphs.add_sequence_start). A client of NAME_step sends input_ids only.
+    derived = [t.name for t in graph.inputs if t.name in DERIVED_INPUTS]
     _add_tensors(cfg.input, [t for t in graph.inputs if t.name not in state_in and t.name not in derived])
     _add_tensors(cfg.output, [t for t in graph.outputs if t.name not in state_out])
     sb = cfg.sequence_batching
     sb.max_sequence_idle_microseconds = int(o.sequence_idle_seconds * 1e6)
     C = mc.ModelSequenceBatching.Control
-    for ctl_name, kind in (("START", C.CONTROL_SEQUENCE_START), ("END", C.CONTROL_SEQUENCE_END),
-                           ("READY", C.CONTROL_SEQUENCE_READY)):
+    # Triton's onnxruntime backend feeds every configured control to the graph and refuses to load
+    # a model whose graph lacks one ("configuration specified sequence control 'START', but model
+    # does not provide that input", onnxruntime.cc ValidateBooleanSequenceControl). Core resets
+    # implicit state on START by itself, so under triton-gpu only the KV-cache graph takes START
+    # (to drop Triton's 1-long initial past); recurrent step graphs take no control at all.
+    if native:
+        controls = (("START", C.CONTROL_SEQUENCE_START),) if growing else ()
+    else:
+        controls = (("START", C.CONTROL_SEQUENCE_START), ("END", C.CONTROL_SEQUENCE_END),
+                    ("READY", C.CONTROL_SEQUENCE_READY))
+    for ctl_name, kind in controls:
         sb.control_input.add(name=ctl_name).control.add(kind=kind, int32_false_true=[0, 1])
-    sb.control_input.add(name="CORRID").control.add(kind=C.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
+    if not native:
+        sb.control_input.add(name="CORRID").control.add(kind=C.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
     # Implicit state: Triton's native backend carries it; the python backend would ignore it
     # (the model keeps state itself), so triton-python configs leave it out.
     for pair in (graph.state if o.target != "triton-python" else ()):
@@ -224,8 +258,12 @@ def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
         dims = config_dims(t)
         st = sb.state.add(input_name=pair.input, output_name=pair.output,
                           data_type=triton_type(t.dtype), dims=dims)
-        # A new sequence starts from zeros; a growing (KV-cache) axis starts empty.
-        st.initial_state.add(data_type=st.data_type, dims=[0 if d == -1 else d for d in dims],
+        # A new sequence starts from zeros. Triton core gives a new sequence's state the state
+        # dims with every -1 replaced by 1 and the initial_state's bytes (core sequence_state.cc,
+        # SequenceStates::Initialize), so under triton-gpu the initial KV cache is 1 long (the
+        # graph drops it on START); seqserve's own server starts it empty.
+        first = 1 if native else 0
+        st.initial_state.add(data_type=st.data_type, dims=[first if d == -1 else d for d in dims],
                              zero_data=True, name="zeros")
     sb.oldest.max_candidate_sequences = o.max_sequences
     sb.oldest.max_queue_delay_microseconds = 0
@@ -360,7 +398,8 @@ def check_against_onnx(cfg: ModelConfig, onnx_path: str | Path, spec: GraphSpec)
         if (p.input, p.output) not in have_pairs:
             problems.append(f"state pair {p.input} -> {p.output} of the {spec.name} graph has no "
                             "sequence_batching state in the config")
-    fed = {t.name for t in cfg.input} | {s.input_name for s in states} | set(derived_inputs(cfg))
+    fed = {t.name for t in cfg.input} | {s.input_name for s in states} | set(derived_inputs(cfg)) \
+        | {c.name for c in cfg.sequence_batching.control_input}
     if own and cfg.sequence_batching.ByteSize():
         fed |= set(spec.state_inputs)
     for n in inputs:

@@ -71,6 +71,7 @@ def validate_repository(path: str | Path, progress=None) -> ValidationReport:
 
 def _version_rows(folder: Path, where: str, cfg, kind: str, graph: str, python_model: str) -> list[CheckResult]:
     from seqserve.package import check_against_onnx, load_version
+    from seqserve.triton.onnxruntime_backend import check_version_folder
 
     try:
         served = load_version(folder)
@@ -83,6 +84,8 @@ def _version_rows(folder: Path, where: str, cfg, kind: str, graph: str, python_m
         problems += check_against_onnx(cfg, served.model_path, served.info.graph(graph))
     except Exception as e:      # noqa: BLE001 - an unreadable graph is this row's failure
         problems.append(f"cannot read {served.model_path.name}: {str(e).splitlines()[0] if str(e) else e!r}")
+    # triton-gpu: the load rules of Triton's onnxruntime backend, on the file it loads
+    problems += check_version_folder(cfg, folder)
     if cfg.backend == "python":
         py = folder / python_model
         if not py.is_file() or PYTHON_IMPORT not in py.read_text(errors="replace"):
