@@ -16,6 +16,9 @@
 # Attention graph, 1.23.2 runs it). Triton moved its backend to ONNX Runtime 1.23 in autumn 2025;
 # the first RUN below reads the version actually in the image and stops the build if it is older.
 # Recurrent exports (opset 17) load on any release: MIN_BACKEND_ORT= skips the check for them.
+# ONNX Runtime 1.23's opset-23 Attention kernel is CPU-only (the CUDA one came in 2026, onnxruntime
+# PR #27542): `seqserve package --target triton-gpu` writes gpt graphs for this backend with the
+# Attention nodes decomposed into ops the CUDA provider runs (model.onnxruntime_backend.onnx).
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:25.12-py3
 FROM ${TRITON_IMAGE}
 ARG TRITON_IMAGE

@@ -313,3 +313,38 @@ def test_validate_repository_applies_the_backend_rules(repo, tmp_path):
         in failed["lstm_step/1"]
     assert f"{BACKEND_GRAPH} (the config's default_model_filename" in failed["gpt_step/1"]
     assert not report.passed
+
+
+# ---- Triton's CUDA memory pool -------------------------------------------------------------------
+
+def test_implicit_state_bytes_at_full_context(repo, exported):
+    from seqserve.triton.onnxruntime_backend import implicit_state_bytes, repository_state_bytes
+
+    extra = load_export(exported("gpt")).spec.extra
+    kv = 2 * extra["n_layers"] * extra["n_heads"] * extra["head_dim"] * extra["max_seq_len"] * 4
+    cfg = read_config(repo / "gpt_step")
+    assert implicit_state_bytes(cfg, extra["max_seq_len"]) == 2 * kv * 64
+    sizes = repository_state_bytes(repo)
+    assert set(sizes) == {"lstm_step", "gru_step", "gpt_step"} and sizes["gpt_step"] == 2 * kv * 64
+    assert implicit_state_bytes(read_config(repo / "gpt"), 256) == 0
+
+
+def test_compose_sizes_the_cuda_memory_pool_for_gpt_small_sequences():
+    """Triton's CUDA pool defaults to 64 MB; past it implicit state falls back to pinned host
+    memory. The compose file's default covers 64 sequences of the gpt "small" preset at full
+    context (the package's default max_sequences)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from seqserve.models import FAMILIES
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    flags = [c for c in compose["services"]["triton"]["command"] if c.startswith("--cuda-memory-pool-byte-size=")]
+    assert len(flags) == 1, compose["services"]["triton"]["command"]
+    value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", flags[0].split("=", 1)[1])
+    device, size = value.split(":")
+    small = FAMILIES["gpt"].presets["small"]
+    kv = 2 * small["n_layers"] * small["d_model"] * small["max_seq_len"] * 4
+    assert device == "0" and int(size) >= 2 * kv * PackageOptions().max_sequences

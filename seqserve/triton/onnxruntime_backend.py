@@ -557,3 +557,48 @@ class SequenceModel:
                 self.sequences.pop(seq.corrid, None)
             offset += b
         return results
+
+
+# ---- sizing Triton's CUDA memory pool ------------------------------------------------------------
+
+def implicit_state_bytes(cfg, max_context: int) -> int:
+    """Device memory the implicit state of a sequence model can hold at once: per sequence, every
+    state at full context (a -1 dim = max_context), twice (the input state and the output state
+    the step writes exist together), times the sequences Triton keeps (oldest
+    max_candidate_sequences). What `--cuda-memory-pool-byte-size` should cover."""
+    if not cfg.HasField("sequence_batching") or not cfg.sequence_batching.state:
+        return 0
+    per_seq = 0
+    for s in cfg.sequence_batching.state:
+        n = int(np.prod([max_context if d == -1 else int(d) for d in s.dims]))
+        per_seq += n * np.dtype(_TRITON_TO_NUMPY[_tname(s.data_type)]).itemsize
+    sb = cfg.sequence_batching
+    sequences = (sb.oldest.max_candidate_sequences if sb.HasField("oldest") else 0) or max(cfg.max_batch_size, 1)
+    return 2 * per_seq * sequences
+
+
+def repository_state_bytes(root: str | Path) -> dict[str, int]:
+    """implicit_state_bytes of every triton-gpu sequence model in a repository (newest version's
+    context length), by model name."""
+    from seqserve.package import list_versions, load_version, read_config
+
+    out = {}
+    for model_dir in sorted(p for p in Path(root).iterdir() if (p / "config.pbtxt").is_file()):
+        cfg = read_config(model_dir)
+        if not served_by_onnxruntime_backend(cfg) or not cfg.sequence_batching.state:
+            continue
+        versions = list_versions(model_dir)
+        if not versions:
+            continue
+        info = load_version(model_dir / str(versions[-1])).info
+        out[model_dir.name] = implicit_state_bytes(cfg, info.max_context or 1)
+    return out
+
+
+if __name__ == "__main__":       # python -m seqserve.triton.onnxruntime_backend REPOSITORY
+    import sys
+
+    sizes = repository_state_bytes(sys.argv[1] if len(sys.argv) > 1 else "model_repository")
+    for name, n in sizes.items():
+        print(f"{name}: {n / 2**20:.1f} MiB of implicit state at full context")
+    print(f"--cuda-memory-pool-byte-size=0:{sum(sizes.values())}  (at least; plus room for activations)")
