@@ -166,6 +166,20 @@ def test_sequence_errors_through_triton_are_clear(triton):
     assert step_sequence(triton, "lstm_step", 987656, [[5, 6]]).shape == (2, 98)
 
 
+def test_bad_generation_parameter_through_triton_is_invalid_argument(request):
+    """Issue 10's F1 on both servers: the same parameter rule, INVALID_ARGUMENT, never INTERNAL."""
+    for server in _both(request):
+        results: queue.Queue = queue.Queue()
+        c = tg.InferenceServerClient(server.grpc_address)
+        c.start_stream(callback=lambda result, error: results.put((result, error)))
+        t = tg.InferInput("text_input", [1], "BYTES")
+        t.set_data_from_numpy(np.array([PROMPT.encode()], dtype=object))
+        c.async_stream_infer("lstm_generate", [t], parameters={"seed": -1})
+        _, error = results.get(timeout=60)
+        c.stop_stream()
+        assert error is not None and "seed" in str(error) and "internal" not in str(error).lower(), (server, error)
+
+
 @pytest.mark.parametrize("family", ["lstm", "gpt"])
 def test_streamed_generation_through_triton_equals_local_greedy(triton, exported, family):
     text, finish = local_greedy(exported(family), PROMPT, 16)

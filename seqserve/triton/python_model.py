@@ -93,11 +93,14 @@ class TritonPythonModel:
                 controls[name] = a.reshape(-1)[0].item() if a.size else 0
             else:
                 inputs[name] = a
+        from seqserve.serve.codec import check_parameters
+
         params: dict = {}
         try:
             params = json.loads(request.parameters() or "{}")
         except (TypeError, ValueError):
             params = {}
+        check_parameters(params, "request parameters")   # the embedded server's rule, ServeError 400
         if self.kind == "step":
             if controls.get("READY", 1) == 0:
                 return None
