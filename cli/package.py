@@ -45,6 +45,11 @@ def command(
             + (f" + {state} state" if state else "") + " → " + ", ".join(t.name for t in m.config.output)
         table.add_row(Text(m.name), str(m.version), m.kind, Text(io), Text(str(m.path)))
     console.print(table)
+    for m in models:    # triton-gpu: what Triton's onnxruntime backend loads instead of model.onnx, and why
+        if m.config.default_model_filename and "seqserve.backend_graph" in m.config.parameters:
+            console.print(f"{m.name}: Triton loads {m.config.default_model_filename}: "
+                          f"{m.config.parameters['seqserve.backend_graph'].string_value}",
+                          markup=False, highlight=False, soft_wrap=True)
     engine = {"seqserve": "", "triton-python": " --engine triton"}.get(target)
     nxt = (f"seqserve serve --repository {repository}{engine}" if engine is not None
            else "docker compose up (the NGC tritonserver container; see the README's GPU stack)")

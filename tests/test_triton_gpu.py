@@ -307,12 +307,26 @@ def test_validate_repository_applies_the_backend_rules(repo, tmp_path):
                                                                      int32_false_true=[0, 1])
     cfg_path.write_text(to_pbtxt(cfg))
     (copy / "gpt_step" / "1" / BACKEND_GRAPH).unlink()
+    full = copy / "gpt" / "1" / BACKEND_GRAPH
+    data = full.read_bytes()
+    full.unlink()
+    full.write_bytes(data[: len(data) // 2])                   # truncated
     report = validate_repository(copy)
     failed = {r.graph: r.detail for r in report.checks if not r.passed}
     assert "configuration specified sequence control 'START', but model does not provide that input" \
         in failed["lstm_step/1"]
     assert f"{BACKEND_GRAPH} (the config's default_model_filename" in failed["gpt_step/1"]
+    assert "cannot read the model's graph" in failed["gpt/1"]
     assert not report.passed
+
+
+def test_package_says_what_triton_loads_and_why(exported, tmp_path):
+    from helpers import run
+
+    res = run("package", exported("gpt"), "--repository", tmp_path / "repo", "--target", "triton-gpu")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert f"gpt_step: Triton loads {BACKEND_GRAPH}" in out and "CPU-only" in out and "START" in out
 
 
 # ---- Triton's CUDA memory pool -------------------------------------------------------------------

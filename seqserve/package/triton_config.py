@@ -12,8 +12,11 @@ and three targets, which differ only in who runs the graph (the client sees the 
     seqserve       `seqserve serve`: ONNX Runtime in-process (platform onnxruntime_onnx for
                    full/step; backend "seqserve" for generate)
     triton-gpu     NGC tritonserver: Triton's native onnxruntime backend on KIND_GPU instances for
-                   full/step (implicit state carries h/c or the KV cache); generate is a python-
-                   backend model running seqserve's decoding loop on the GPU
+                   full/step (implicit state carries h/c or the KV cache; configs follow the
+                   backend's load rules, seqserve/triton/onnxruntime_backend.py; where the export's
+                   graph does not fit the backend, it loads a rewritten copy named by
+                   default_model_filename, seqserve/package/triton_gpu_graphs.py); generate is a
+                   python-backend model running seqserve's decoding loop on the GPU
     triton-python  tritonserver with the python backend only (e.g. the nvidia-pytriton wheel): all
                    three are python-backend models (model.py) running seqserve's served models;
                    the python backend ignores implicit state, so the step model keeps each
@@ -367,7 +370,8 @@ def check_against_onnx(cfg: ModelConfig, onnx_path: str | Path, spec: GraphSpec)
 
     full/step configs: every input, output and state tensor must exist in the graph with the same
     data type and dims (after the batch axis when max_batch_size > 0), and every graph input must be
-    fed (a config input, a state input, or one the server derives). A generate config's tensors
+    fed (a config input, a state input, a sequence control, or one the server derives). The
+    onnxruntime backend's own rules (triton-gpu) are checked by seqserve.triton.onnxruntime_backend. A generate config's tensors
     are text, so only its graph is checked: it must be `spec` (the step graph, state pairs included).
     """
     inputs, outputs = onnx_signature(onnx_path)

@@ -412,7 +412,31 @@ def check_version_folder(cfg, folder: str | Path) -> list[str]:
     if not path.is_file():
         return [f"{path.name} (the config's default_model_filename, what the onnxruntime backend loads) "
                 f"is missing from {folder}"]
-    return [f"{path.name}: {p}" for p in check_config(cfg, path)]
+    problems = [f"{path.name}: {p}" for p in check_config(cfg, path)]
+    if problems:
+        return problems
+    return [f"{path.name}: {p}" for p in first_request(cfg, path)]
+
+
+def first_request(cfg, graph: str | Path | bytes) -> list[str]:
+    """Run one request as Triton would (a sequence's first, START set, for a sequence model):
+    input_ids [1, 2] of token 0; the logits must come back finite, [1, 2, V]."""
+    inputs = {}
+    for io in cfg.input:
+        if io.name != "input_ids" or io.optional:
+            if io.optional:
+                continue
+            return [f"cannot make a request: config input '{io.name}' is not input_ids"]
+        inputs["input_ids"] = np.zeros((1, 2) if cfg.max_batch_size > 0 else (2,), np.int64)
+    try:
+        out = SequenceModel(cfg, graph, strict=False).infer(inputs, corrid=1, start=True, end=True)
+    except Exception as e:  # noqa: BLE001 - the failure Triton would answer is the problem
+        return [f"the first request fails as Triton feeds it: {str(e).splitlines()[0] if str(e) else e!r}"]
+    logits = out.get("logits")
+    if logits is None or logits.shape[:2] != (1, 2) or not np.isfinite(logits).all():
+        return [f"the first request as Triton feeds it returned logits of shape "
+                f"{None if logits is None else list(logits.shape)} or non-finite values"]
+    return []
 
 
 # ---- how Triton feeds the graph (for replay tests and `validate --repository`) --------------------
