@@ -280,6 +280,16 @@ def test_rule_max_batch_size_vs_batch_axes(repo, tmp_path):
     assert "model does not support batching while non-zero max_batch_size is specified" in text
 
 
+def test_rule_execution_accelerators_and_backend_parameters(repo):
+    def tensorrt_typo(cfg):
+        cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].name = "cudnn"
+    assert "unknown Execution Accelerator 'cudnn' is requested" in _problems(repo, "gpt", tensorrt_typo)
+
+    def arena(cfg):
+        cfg.parameters["arena_extend_strategy"].string_value = "kSameAsRequested"
+    assert "unsupported arena_extend_strategy value 'kSameAsRequested'" in _problems(repo, "lstm", arena)
+
+
 # ---- applied by package and validate -------------------------------------------------------------
 
 def test_package_refuses_what_the_backend_would_not_load(exported, tmp_path, monkeypatch):

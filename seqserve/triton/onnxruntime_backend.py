@@ -15,6 +15,9 @@ Runtime 1.23.2). Each rule below names where it comes from and quotes the backen
                                              datatype, CompareDimsSupported); no optional inputs
                                              with batching
     ValidateOutputs                          config outputs and state outputs vs graph outputs
+    ModelState::ModelState / LoadModel       parameters it parses (execution_mode,
+                                             arena_extend_strategy, cudnn_conv_algo_search) and
+                                             execution accelerator names (cuda, tensorrt; openvino)
   onnxruntime_backend src/onnxruntime_utils.cc
     CompareDimsSupported                     max_batch_size > 0: first graph dim -1; dims equal
                                              where the graph's are fixed (outputs: exactly)
@@ -386,8 +389,31 @@ def rule_batching(cfg, sig: Signature) -> list[str]:
     return problems
 
 
+def rule_accelerators_and_parameters(cfg, sig: Signature | None = None) -> list[str]:
+    """ModelState / LoadModel: GPU execution accelerators are "tensorrt" or "cuda", CPU ones
+    "openvino" ("unknown Execution Accelerator 'X' is requested"); the model-level parameters the
+    backend parses take the values it knows (execution_mode 0|1, arena_extend_strategy 0|1,
+    cudnn_conv_algo_search 0|1|2; an unparsable number fails the load)."""
+    problems = []
+    ea = cfg.optimization.execution_accelerators
+    for a in ea.gpu_execution_accelerator:
+        if a.name not in ("tensorrt", "cuda"):
+            problems.append(f"unknown Execution Accelerator '{a.name}' is requested")
+    for a in ea.cpu_execution_accelerator:
+        if a.name != "openvino":
+            problems.append(f"unknown Execution Accelerator '{a.name}' is requested")
+    allowed = {"execution_mode": ("0", "1"), "arena_extend_strategy": ("0", "1"),
+               "cudnn_conv_algo_search": ("0", "1", "2")}
+    for key, values in allowed.items():
+        if key in cfg.parameters and cfg.parameters[key].string_value not in values:
+            v = cfg.parameters[key].string_value
+            problems.append(f"unsupported {key} value '{v}' is requested (the backend accepts "
+                            f"{', '.join(values)})")
+    return problems
+
+
 RULES = (rule_controls, rule_input_count, rule_inputs, rule_outputs, rule_states, rule_initial_state,
-         rule_batching)
+         rule_batching, rule_accelerators_and_parameters)
 
 
 def check_config(cfg, graph: str | Path | bytes) -> list[str]:
@@ -399,7 +425,7 @@ def check_config(cfg, graph: str | Path | bytes) -> list[str]:
         return [f"cannot read the model's graph: {str(e).splitlines()[0] if str(e) else e!r}"]
     problems = []
     for rule in RULES:
-        problems += rule(cfg, sig) if rule is not rule_initial_state else rule(cfg)
+        problems += rule(cfg, sig)
     return problems
 
 
