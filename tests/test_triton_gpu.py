@@ -372,3 +372,33 @@ def test_compose_sizes_the_cuda_memory_pool_for_gpt_small_sequences():
     small = FAMILIES["gpt"].presets["small"]
     kv = 2 * small["n_layers"] * small["d_model"] * small["max_seq_len"] * 4
     assert device == "0" and int(size) >= 2 * kv * PackageOptions().max_sequences
+
+
+def test_seqserve_serve_and_triton_answer_alike_on_one_triton_gpu_repository(repo):
+    """docker-compose runs both servers on the same repository: seqserve's step models (export's
+    model.onnx, state kept by seqserve) and Triton's (the backend's graph, implicit state) give the
+    same logits for the same client requests."""
+    import asyncio
+
+    from seqserve.serve.repository import ModelRepository
+    from seqserve.serve.types import InferRequest
+
+    async def main():
+        served = ModelRepository(repo)
+        served.load_all(["gpt_step", "gru_step"])
+        try:
+            for model in ("gpt_step", "gru_step"):
+                triton = SequenceModel.from_folder(repo / model)
+                chunks = [[5, 6, 7], [8], [9, 10], [11]]
+                for i, ids in enumerate(chunks):
+                    a = np.array([ids], np.int64)
+                    start, end = i == 0, i == len(chunks) - 1
+                    r = await served.get(model).infer(InferRequest(
+                        model=model, inputs={"input_ids": a},
+                        parameters={"sequence_id": 7, "sequence_start": start, "sequence_end": end}))
+                    t = triton.infer({"input_ids": a}, 7, start=start, end=end)
+                    assert np.abs(r.outputs["logits"] - t["logits"]).max() <= TOLERANCE, (model, i)
+        finally:
+            served.close()
+
+    asyncio.run(main())
