@@ -24,8 +24,8 @@ def command(
                                  progress=lambda msg: status.update(msg))
     from rich.markup import escape
 
-    step = info.spec.step
-    console.print(f"[green]exported[/] {info.family} to {escape(str(info.path))}: full.onnx, step.onnx "
-                  f"({len(step.state)} state tensors), seqserve.json "
+    graphs = ", ".join(f"{info.raw['graphs'][n]}" + (f" ({len(g.state)} state tensors)" if g.state else "")
+                       for n, g in info.spec.graphs.items())
+    console.print(f"[green]exported[/] {info.family} ({info.task}) to {escape(str(info.path))}: {graphs}, seqserve.json "
                   f"[dim]({info.raw['export_options']['exporter']}, opset {info.raw['export_options']['opset']})[/]")
     console.print(f"next: seqserve validate {info.path}", markup=False, highlight=False)

@@ -34,7 +34,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
     if dst == src or src in dst.parents:
         raise SeqserveError(f"--out {out} is the checkpoint folder or inside it; export to a separate folder")
     with atomic_dir(out, SIDECAR) as tmp:
-        for graph in (spec.full, spec.step):
+        for graph in spec.graphs.values():
             if progress:
                 progress(f"exporting {graph.name} graph ({exporter}, opset {opset})")
             path = tmp / f"{graph.name}.onnx"
@@ -54,12 +54,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
             shutil.copy2(ckpt.path / name, tmp / "checkpoint" / name)
         write_json(tmp / SIDECAR, {
             "format": FORMAT,
+            "task": spec.task,
             "family": ckpt.family,
             "spec": spec.to_json(),
             "tokenizer": ckpt.tokenizer.to_json(),
             "special_tokens": {"pad": ckpt.tokenizer.pad_id, "bos": ckpt.tokenizer.bos_id,
                                "eos": ckpt.tokenizer.eos_id},
-            "graphs": {"full": "full.onnx", "step": "step.onnx"},
+            "graphs": {name: f"{name}.onnx" for name in spec.graphs},
             "model_config": ckpt.info["model"],
             "export_options": {"exporter": exporter, "opset": opset},
             "versions": {"seqserve": seqserve.__version__, **_versions("torch", "onnx", "onnxscript")},

@@ -23,7 +23,8 @@ import torch
 
 from seqserve.errors import SeqserveError
 from seqserve.export.optimize import optimize_graph
-from seqserve.spec import GraphSpec, example_inputs
+from seqserve.tasks import run_graph
+from seqserve.tasks.spec import GraphSpec, example_inputs
 
 DEFAULTS = {"gpt": ("dynamo", 23)}          # family -> (exporter, opset)
 RECURRENT_DEFAULT = ("torchscript", 17)
@@ -37,11 +38,10 @@ class GraphModule(torch.nn.Module):
     def __init__(self, model, graph: GraphSpec):
         super().__init__()
         self.model, self.graph = model, graph
+        self.spec = model.spec()
 
     def forward(self, *args):
-        if self.graph.name == "full":
-            return self.model(args[0])
-        out = self.model.run_step(dict(zip(self.graph.input_names, args)))
+        out = run_graph(self.model, self.spec, self.graph, dict(zip(self.graph.input_names, args)))
         return tuple(out[n] for n in self.graph.output_names)
 
 

@@ -1,7 +1,8 @@
 """The export sidecar `seqserve.json`: what every later component reads about an export.
 
-Reading it needs neither torch nor the model code: the family spec (tensor names, dtypes, dims,
-state pairs), the tokenizer and the graph files are all in the JSON.
+Reading it needs neither torch nor the model code: the task spec (its graphs, their tensors with
+names, dtypes, dims and roles, state pairs), the tokenizer and the graph files are all in the JSON.
+Format 2 carries a task spec; format 1 (before tasks) is read as the causal-lm task it was.
 """
 
 from __future__ import annotations
@@ -12,25 +13,30 @@ from pathlib import Path
 
 from seqserve.data import Tokenizer
 from seqserve.errors import SeqserveError
-from seqserve.spec import FamilySpec, GraphSpec
+from seqserve.tasks.spec import GraphSpec, TaskSpec
 
 SIDECAR = "seqserve.json"
-FORMAT = "seqserve-export/1"
+FORMAT = "seqserve-export/2"
+READABLE = ("seqserve-export/1", FORMAT)
 
 
 @dataclass(frozen=True)
 class ExportInfo:
     path: Path
     family: str
-    spec: FamilySpec
+    spec: TaskSpec
     tokenizer: Tokenizer
     raw: dict                   # the whole sidecar
 
     def graph_path(self, graph: str) -> Path:
         return self.path / self.raw["graphs"][graph]
 
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
     def graph(self, graph: str) -> GraphSpec:
-        return {"full": self.spec.full, "step": self.spec.step}[graph]
+        return self.spec.graph(graph)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -41,9 +47,9 @@ class ExportInfo:
         return self.spec.extra.get("max_seq_len")
 
 
-def load_export(path: str | Path, graphs: tuple[str, ...] = ("full", "step")) -> ExportInfo:
-    """Read an export's sidecar; `graphs` are the graph files that must exist (a packaged
-    per-version folder holds only the one graph it serves)."""
+def load_export(path: str | Path, graphs: tuple[str, ...] | None = None) -> ExportInfo:
+    """Read an export's sidecar; `graphs` are the graph files that must exist (default: every
+    graph of the task; a packaged per-version folder holds only the one graph it serves)."""
     path = Path(path)
     side = path / SIDECAR
     if not path.is_dir():
@@ -54,14 +60,15 @@ def load_export(path: str | Path, graphs: tuple[str, ...] = ("full", "step")) ->
         raw = json.loads(side.read_text())
         if not isinstance(raw, dict):
             raise SeqserveError(f"{side} holds a JSON {type(raw).__name__}; expected an object")
-        if raw.get("format") != FORMAT:
-            raise SeqserveError(f"{side} has format {raw.get('format')!r}; expected {FORMAT!r}")
+        if raw.get("format") not in READABLE:
+            raise SeqserveError(f"{side} has format {raw.get('format')!r}; expected one of {list(READABLE)} "
+                                "(written by `seqserve export`)")
         try:
             tokenizer = Tokenizer.from_json(raw["tokenizer"])
         except SeqserveError as e:
             raise SeqserveError(f"{side}: {e}") from None
-        info = ExportInfo(path, raw["family"], FamilySpec.from_json(raw["spec"]), tokenizer, raw)
-        for g in graphs:
+        info = ExportInfo(path, raw["family"], TaskSpec.from_json(raw["spec"]), tokenizer, raw)
+        for g in (info.spec.graphs if graphs is None else graphs):
             if not info.graph_path(g).is_file():
                 raise SeqserveError(f"export {path} is missing its {g} graph {info.graph_path(g).name}")
     except json.JSONDecodeError as e:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqserve.spec import PAST, GraphSpec, resolve_dims
+from seqserve.tasks.spec import MASK, PAST, POSITIONS, TOKENS, GraphSpec, resolve_dims
 
 
 @dataclass(frozen=True)
@@ -36,23 +36,26 @@ class DecodeState:
         return DecodeState(spec, state, mask, np.zeros(batch, np.int64))
 
     def feeds(self, input_ids: np.ndarray) -> dict:
-        """Graph inputs for input_ids (B, S)."""
+        """Graph inputs for token ids (B, S): the tokens, the state, and (KV-cache graphs) the
+        mask and positions; every tensor found by its role in the spec."""
         # Called once per generated token: no cast or arithmetic that a one-token step does not need.
         B, S = input_ids.shape
-        feeds = {"input_ids": input_ids if input_ids.dtype == np.int64 else input_ids.astype(np.int64)}
+        names = self.spec.roles
+        feeds = {names[TOKENS]: input_ids if input_ids.dtype == np.int64 else input_ids.astype(np.int64)}
         feeds.update(self.state)
         if self.mask is not None:
-            feeds["attention_mask"] = np.concatenate([self.mask, np.ones((B, S), np.int64)], axis=1)
-            feeds["position_ids"] = (self.positions[:, None] if S == 1
-                                     else self.positions[:, None] + np.arange(S, dtype=np.int64))
+            feeds[names[MASK]] = np.concatenate([self.mask, np.ones((B, S), np.int64)], axis=1)
+            feeds[names[POSITIONS]] = (self.positions[:, None] if S == 1
+                                       else self.positions[:, None] + np.arange(S, dtype=np.int64))
         return feeds
 
     def advance(self, feeds: dict, outputs: dict) -> "DecodeState":
         """The state after running `feeds` (from self.feeds) and getting `outputs`."""
         state = {p.input: outputs[p.output] for p in self.spec.state}
+        names = self.spec.roles
         # The mask just fed already covers the new tokens: reuse it rather than build it again.
-        return DecodeState(self.spec, state, feeds.get("attention_mask"),
-                           self.positions + feeds["input_ids"].shape[1])
+        return DecodeState(self.spec, state, feeds.get(names[MASK]),
+                           self.positions + feeds[names[TOKENS]].shape[1])
 
     @staticmethod
     def merge(parts: list["DecodeState"], backend) -> "DecodeState":

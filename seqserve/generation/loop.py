@@ -18,6 +18,7 @@ import numpy as np
 from seqserve.errors import SeqserveError
 from seqserve.generation.cache import DecodeState
 from seqserve.generation.sampling import SamplingParams, make_rngs, sample_next
+from seqserve.tasks.spec import LOGITS
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,14 @@ def prefill(backend, ids: list[int]) -> tuple[np.ndarray, DecodeState]:
     state = DecodeState.empty(backend.spec, 1, backend)
     feeds = state.feeds(np.asarray([ids], np.int64))
     out = backend.run(feeds)
-    return out["logits"][:, -1], state.advance(feeds, out)
+    return out[backend.spec.name_of(LOGITS)][:, -1], state.advance(feeds, out)
 
 
 def decode_step(backend, state: DecodeState, tokens: np.ndarray) -> tuple[np.ndarray, DecodeState]:
     """tokens (B,) -> next logits (B, V) and the advanced state."""
     feeds = state.feeds(tokens[:, None])
     out = backend.run(feeds)
-    return out["logits"][:, -1], state.advance(feeds, out)
+    return out[state.spec.name_of(LOGITS)][:, -1], state.advance(feeds, out)
 
 
 def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqserve.spec import BATCH, PAST, SEQ, TOTAL, FamilySpec, GraphSpec, StatePair, TensorSpec
+from seqserve.tasks.causal_lm import causal_lm_spec
+from seqserve.tasks.spec import BATCH, PAST, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -158,25 +159,15 @@ class GPT(nn.Module):
 
     # --- named-tensor interface used by export, validation and the torch backend ---
 
-    def spec(self) -> FamilySpec:
+    def spec(self) -> TaskSpec:
+        """causal-lm; a KV cache per layer, [B, heads, past, head_dim], growing along axis 2."""
         c = self.config
-        ids = TensorSpec("input_ids", "int64", (BATCH, SEQ))
-        logits = TensorSpec("logits", "float32", (BATCH, SEQ, c.vocab_size))
-        past, present, pairs = [], [], []
-        for i in range(c.n_layers):
-            for kv in ("key", "value"):
-                p = TensorSpec(f"past_key_values.{i}.{kv}", "float32", (BATCH, c.n_heads, PAST, c.head_dim))
-                q = TensorSpec(f"present.{i}.{kv}", "float32", (BATCH, c.n_heads, TOTAL, c.head_dim))
-                past.append(p), present.append(q), pairs.append(StatePair(p.name, q.name, seq_axis=2))
-        mask = TensorSpec("attention_mask", "int64", (BATCH, TOTAL))
-        pos = TensorSpec("position_ids", "int64", (BATCH, SEQ))
-        return FamilySpec(
-            family="gpt",
-            full=GraphSpec("full", (ids,), (logits,)),
-            step=GraphSpec("step", (ids, mask, pos, *past), (logits, *present), tuple(pairs)),
-            extra={"n_layers": c.n_layers, "n_heads": c.n_heads, "head_dim": c.head_dim,
-                   "max_seq_len": c.max_seq_len},
-        )
+        dims = (BATCH, c.n_heads, PAST, c.head_dim)
+        return causal_lm_spec("gpt", c.vocab_size,
+                              [(f"past_key_values.{i}.{kv}", f"present.{i}.{kv}", dims, 2)
+                               for i in range(c.n_layers) for kv in ("key", "value")],
+                              extra={"n_layers": c.n_layers, "n_heads": c.n_heads, "head_dim": c.head_dim,
+                                     "max_seq_len": c.max_seq_len})
 
     def run_step(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = self.config.n_layers

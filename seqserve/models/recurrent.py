@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from seqserve.spec import BATCH, SEQ, FamilySpec, GraphSpec, StatePair, TensorSpec
+from seqserve.tasks.causal_lm import causal_lm_spec
+from seqserve.tasks.spec import BATCH, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -85,22 +86,13 @@ class RecurrentLM(nn.Module):
 
     # --- named-tensor interface used by export, validation and the torch backend ---
 
-    def spec(self) -> FamilySpec:
+    def spec(self) -> TaskSpec:
+        """causal-lm; state h (and c for lstm), batch-first [B, layers, hidden], fixed size."""
         c = self.config
-        ids = TensorSpec("input_ids", "int64", (BATCH, SEQ))
-        logits = TensorSpec("logits", "float32", (BATCH, SEQ, c.vocab_size))
-        state_dims = (BATCH, c.num_layers, c.hidden_size)
-        past = [TensorSpec(f"past_{n}", "float32", state_dims) for n in self.state_names]
-        present = [TensorSpec(f"present_{n}", "float32", state_dims) for n in self.state_names]
-        return FamilySpec(
-            family=c.cell,
-            full=GraphSpec("full", (ids,), (logits,)),
-            step=GraphSpec(
-                "step", (ids, *past), (logits, *present),
-                tuple(StatePair(p.name, q.name) for p, q in zip(past, present)),
-            ),
-            extra={"num_layers": c.num_layers, "hidden_size": c.hidden_size},
-        )
+        dims = (BATCH, c.num_layers, c.hidden_size)
+        return causal_lm_spec(c.cell, c.vocab_size,
+                              [(f"past_{n}", f"present_{n}", dims, None) for n in self.state_names],
+                              extra={"num_layers": c.num_layers, "hidden_size": c.hidden_size})
 
     def run_step(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = tuple(inputs[f"past_{n}"] for n in self.state_names)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from seqserve.errors import SeqserveError
-from seqserve.spec import GraphSpec
+from seqserve.tasks import run_graph
+from seqserve.tasks.spec import GraphSpec
 
 
 class TorchBackend:
@@ -19,15 +20,13 @@ class TorchBackend:
             raise SeqserveError("--device cuda was asked for but this torch build sees no CUDA GPU")
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        spec = model.spec()
-        self.spec: GraphSpec = spec.step if graph == "step" else spec.full
+        self.task = model.spec()
+        self.spec: GraphSpec = self.task.graph(graph)
 
     @torch.inference_mode()
     def run(self, feeds: dict) -> dict:
         t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
-        if self.spec.name == "full":
-            return {"logits": self.model(t["input_ids"]).cpu().numpy()}
-        return {k: v.cpu().numpy() for k, v in self.model.run_step(t).items()}
+        return {k: v.cpu().numpy() for k, v in run_graph(self.model, self.task, self.spec, t).items()}
 
     def to_host(self, value) -> np.ndarray:
         return value

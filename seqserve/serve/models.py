@@ -20,6 +20,7 @@ from seqserve.runtime.ort import OrtBackend
 from seqserve.serve.stats import ModelStats
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
+from seqserve.tasks.spec import LOGITS, TOKENS
 
 # What a request still queued when the drain time runs out is told (HTTP 503, gRPC UNAVAILABLE).
 SHUTDOWN_MESSAGE = "the server shut down before this request ran; send it again to another replica"
@@ -100,6 +101,8 @@ class ServedModelBase:
                                                 batch + tuple(int(d) for d in o.dims), False)
                              for o in config.output}
         self.backend = OrtBackend(served.info, served.graph, options)
+        graph = self.backend.spec                   # the graph this model runs; tensors by role
+        self.tokens_name, self.logits_name = graph.name_of(TOKENS), graph.name_of(LOGITS)
         self.worker: Worker | None = None
         self.all_versions = [version]               # the repository sets every ready version
 
@@ -149,7 +152,8 @@ class ServedModelBase:
                     raise ServeError(400, f"model '{self.name}' has no output '{o.name}'; its outputs are "
                                           f"{self._describe(self.output_rules.values())}")
 
-    def check_token_ids(self, ids: np.ndarray, name: str = "input_ids") -> None:
+    def check_token_ids(self, ids: np.ndarray, name: str | None = None) -> None:
+        name = name or self.tokens_name
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
             bad = ids[(ids < 0) | (ids >= self.vocab)]
             raise ServeError(400, f"{name} holds token id {int(bad.flat[0])}, outside model '{self.name}''s "
@@ -209,17 +213,17 @@ class FullModel(ServedModelBase):
         t0 = now_ns()
         try:
             self.check_inputs(req)
-            ids = req.inputs["input_ids"]
+            ids = req.inputs[self.tokens_name]
             self.check_token_ids(ids)
             if self.max_context is not None and ids.shape[1] > self.max_context:
-                raise ServeError(400, f"input_ids has {ids.shape[1]} tokens; model '{self.name}' has a context of "
-                                      f"{self.max_context} positions")
+                raise ServeError(400, f"{self.tokens_name} has {ids.shape[1]} tokens; model '{self.name}' has a "
+                                      f"context of {self.max_context} positions")
         except ServeError:
             self.stats.request_failed(now_ns() - t0)
             raise
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        feeds = {"input_ids": ids.astype(np.int64, copy=False)}
+        feeds = {self.tokens_name: ids.astype(np.int64, copy=False)}
         key = tuple((k, v.shape[1:]) for k, v in feeds.items())
         self.stats.add_pending(1)
         try:

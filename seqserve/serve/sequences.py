@@ -135,7 +135,7 @@ class StepModel(ServedModelBase):
             logits = await step.fut
         finally:
             self.stats.add_pending(-1)
-        return self.response(req, {"logits": logits}, {"sequence_id": step.seq.id})
+        return self.response(req, {self.logits_name: logits}, {"sequence_id": step.seq.id})
 
     def _admit(self, req: InferRequest, t0: int) -> _Step:
         self.check_inputs(req)
@@ -144,9 +144,9 @@ class StepModel(ServedModelBase):
         if sid in (0, "", None):
             raise ServeError(400, f"model '{self.name}' is stateful: send a non-zero sequence_id, with "
                                   "sequence_start=true on a sequence's first request and sequence_end=true on its last")
-        ids = req.inputs["input_ids"]
+        ids = req.inputs[self.tokens_name]
         if ids.shape[0] != 1:
-            raise ServeError(400, f"input_ids has batch size {ids.shape[0]}; a sequence request carries one row "
+            raise ServeError(400, f"{self.tokens_name} has batch size {ids.shape[0]}; a sequence request carries one row "
                                   "(shape [1, S]): send other sequences under their own sequence_id")
         self.check_token_ids(ids)
         seq = self.table.start(sid) if p.get("sequence_start") else self.table.lookup(sid)
@@ -230,7 +230,7 @@ class _SequenceScheduler(Worker):
             return
         t_run = now_ns()
         new = state.advance(feeds, out)
-        logits = out["logits"]
+        logits = out[m.logits_name]
         for r, st in enumerate(steps):
             seq = st.seq
             seq.queue.popleft()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from seqserve.errors import SeqserveError
-from seqserve.spec import BATCH, PAST, SEQ, example_inputs
+from seqserve.tasks.spec import BATCH, LOGITS, PAST, SEQ, TOKENS, example_inputs
 from seqserve.validate.compare import compare
 from seqserve.validate.results import CheckResult
-from seqserve.validate.target import GRAPHS, Target, Unusable, guarded
+from seqserve.validate.target import Target, Unusable, guarded
 
 
 # 3. torch_vs_ort ---------------------------------------------------------------------------------
@@ -16,8 +16,7 @@ from seqserve.validate.target import GRAPHS, Target, Unusable, guarded
 def torch_vs_ort(t: Target) -> list[CheckResult]:
     c, rows = t.config, []
     rng = np.random.default_rng(c.seed)
-    for g in GRAPHS:
-        spec = t.info.graph(g)
+    for g, spec in t.info.spec.graphs.items():
         if not spec.state:
             thirds = [None]
         elif any(p.seq_axis is not None for p in spec.state):      # KV cache: vary its length
@@ -63,7 +62,8 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
 
     c = t.config
     length = min(length, t.info.max_context or length)
-    vocab = t.info.spec.full.output("logits").dims[-1]
+    full_spec, step_spec = t.info.spec.full, t.info.spec.step
+    vocab = full_spec.role(LOGITS).dims[-1]
     ids = np.random.default_rng(c.seed).integers(0, vocab, (batch, length), dtype=np.int64)
     head = min(5, length)
     schedules = {
@@ -73,16 +73,16 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
     }
 
     def run(name: str, chunks: list[int]) -> list[CheckResult]:
-        full = t.ort("full").run({"input_ids": ids})["logits"]
-        step = t.ort("step")
+        full = t.ort(full_spec.name).run({full_spec.name_of(TOKENS): ids})[full_spec.name_of(LOGITS)]
+        step = t.ort(step_spec.name)
         state, parts, pos = DecodeState.empty(step.spec, batch, step), [], 0
         for n in chunks:
             feeds = state.feeds(ids[:, pos:pos + n])
             out = step.run(feeds)
-            parts.append(step.to_host(out["logits"]))
+            parts.append(step.to_host(out[step_spec.name_of(LOGITS)]))
             state, pos = state.advance(feeds, out), pos + n
         inc = np.concatenate(parts, axis=1)
-        r = compare(inc, full, c.atol, c.rtol, "step", "full")
+        r = compare(inc, full, c.atol, c.rtol, step_spec.name, full_spec.name)
         detail = r.detail
         if not r.passed and inc.shape == full.shape:
             bad = ~np.isclose(inc, full, atol=c.atol, rtol=c.rtol, equal_nan=False).all(axis=(0, 2))
@@ -138,8 +138,9 @@ def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n:
         raise Unusable(f"the model's context ({t.info.max_context}) leaves no room to generate")
     tok = t.info.tokenizer
     # Two prompts of different lengths in one batch: the GPT path also exercises left padding.
-    ref = generate_text(t.torch("step"), tok, prompts, params, t.info.max_context)
-    got = generate_text(t.ort("step"), tok, prompts, params, t.info.max_context)
+    step = t.info.spec.step.name
+    ref = generate_text(t.torch(step), tok, prompts, params, t.info.max_context)
+    got = generate_text(t.ort(step), tok, prompts, params, t.info.max_context)
     rows = []
     for case, a, b in zip(cases, got, ref):
         diff = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)

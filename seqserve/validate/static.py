@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import onnx
 
-from seqserve.spec import GraphSpec
+from seqserve.tasks.spec import LOGITS, GraphSpec
 from seqserve.validate.results import CheckResult
-from seqserve.validate.target import GRAPHS, Target, Unusable, guarded
+from seqserve.validate.target import Target, Unusable, guarded
 
 
 # 1. onnx_checker ---------------------------------------------------------------------------------
 
 def onnx_checker(t: Target) -> list[CheckResult]:
     rows = []
-    for g in GRAPHS:
+    for g in t.info.spec.graphs:
         path = t.info.graph_path(g)
         why = _check_file(path)
         if why:
@@ -53,8 +53,7 @@ _DTYPES = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32", o
 
 def dynamic_axes(t: Target) -> list[CheckResult]:
     rows = []
-    for g in GRAPHS:
-        spec = t.info.graph(g)
+    for g, spec in t.info.spec.graphs.items():
         case = f"{len(spec.inputs)} inputs, {len(spec.outputs)} outputs"
         rows += guarded("dynamic_axes", g, case, lambda: [_axes_row(t, g, spec, case)])
     return rows
@@ -117,7 +116,7 @@ def sidecar(t: Target) -> list[CheckResult]:
     from seqserve.data import Tokenizer
 
     info, rows = t.info, []
-    vocab = info.spec.full.output("logits").dims[-1]
+    vocab = info.spec.full.role(LOGITS).dims[-1]
     rows.append(CheckResult("sidecar", "full+step", "tokenizer size == logits vocabulary",
                             info.tokenizer.vocab_size == vocab,
                             detail=f"tokenizer has {info.tokenizer.vocab_size} ids, logits have {vocab}"))

@@ -9,8 +9,6 @@ from __future__ import annotations
 from seqserve.errors import SeqserveError
 from seqserve.validate.results import CheckResult, ValidateConfig
 
-GRAPHS = ("full", "step")
-
 
 class Unusable(Exception):
     """A row cannot run because something it needs (a graph, the torch model) is broken."""

@@ -1,0 +1,219 @@
+"""Task specs: the one description of what a model's ONNX graphs are and how they chain.
+
+A task is a set of named graphs and how they chain. Each graph says when it runs (`once` per
+sequence: an encoder, an `init` from features; `step`: once per new token or chunk, carrying
+state; `full`: the whole sequence at once, teacher-forced) and its tensors — name, dtype, dims
+(ints are static, strings name dynamic axes) and a **role** (token ids, mask, positions, state,
+logits, ...), so readers find tensors by role, not by spelling. State pairs say which outputs
+feed which inputs of the same graph on the next step (growing along `seq_axis`: a KV cache; or
+fixed: RNN h/c). The task module (seqserve/tasks/<task>.py) writes the graph and tensor names
+once; a family supplies dimensions. The spec goes into the export sidecar, so the exporter, the
+validator, the decoding loop, the Triton config writer, the servers and the load tester read it
+without torch or model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+# Named dynamic axes, shared by every task so tools can reason about them.
+BATCH = "batch"
+SEQ = "sequence"          # new tokens in this call
+PAST = "past_sequence"    # tokens already in a KV cache
+TOTAL = "total_sequence"  # past + new (attention mask, present KV)
+
+# Tensor roles. Readers look tensors up by these; names are the task's business.
+TOKENS = "token_ids"            # int64 [B, S]: the tokens a graph consumes
+MASK = "attention_mask"         # int64 [B, TOTAL]: 1 = a real position
+POSITIONS = "position_ids"      # int64 [B, S]: each new token's position
+STATE = "state"                 # carried step to step (a StatePair's input or output)
+LOGITS = "logits"               # float [B, S, V]: next-token scores
+ROLES = (TOKENS, MASK, POSITIONS, STATE, LOGITS)
+
+# When a graph runs in a task's chain.
+ONCE, STEP, FULL = "once", "step", "full"
+RUNS = (ONCE, STEP, FULL)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str                    # numpy dtype name: "int64", "float32"
+    dims: tuple[int | str, ...]   # int = static size, str = named dynamic axis
+    role: str = ""                # one of ROLES ("" = none the readers look for)
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.dims) if isinstance(d, str)}
+
+
+@dataclass(frozen=True)
+class StatePair:
+    """An output that becomes an input on the next step (RNN h/c, one KV-cache tensor)."""
+
+    input: str                   # e.g. "past_key_values.0.key" / "past_hidden"
+    output: str                  # e.g. "present.0.key" / "present_hidden"
+    seq_axis: int | None = None  # axis that grows by S each step (KV cache); None: fixed size
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str                          # the graph's name in its task ("full", "step", ...)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    state: tuple[StatePair, ...] = ()
+    runs: str = STEP                   # ONCE | STEP | FULL: its place in the task's chain
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name)
+
+    def role(self, role: str) -> TensorSpec | None:
+        """The input or output with this role (the first one), or None."""
+        return next((t for t in (*self.inputs, *self.outputs) if t.role == role), None)
+
+    @cached_property
+    def roles(self) -> dict[str, str | None]:
+        """role -> name of the first tensor with it (None if none); built once per spec, as the
+        decoding loop asks once per token."""
+        found: dict[str, str | None] = dict.fromkeys(ROLES)
+        for t in reversed((*self.inputs, *self.outputs)):
+            if t.role:
+                found[t.role] = t.name
+        return found
+
+    def name_of(self, role: str) -> str:
+        """The name of the tensor with this role; KeyError if the graph has none."""
+        name = self.roles.get(role)
+        if name is None:
+            raise KeyError(f"graph {self.name!r} has no {role} tensor")
+        return name
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def state_inputs(self) -> set[str]:
+        return {p.input for p in self.state}
+
+    @property
+    def has_attention_mask(self) -> bool:
+        return any(t.role == MASK for t in self.inputs)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A model's task: its graphs by name, in chain order, and per-family facts."""
+
+    task: str                                  # "causal-lm", ...
+    family: str                                # the family that built it: "lstm", "gpt", ...
+    graphs: dict[str, GraphSpec]               # name -> graph, in the order the chain runs them
+    extra: dict = field(default_factory=dict)  # per-family facts (layers, heads, max_seq_len, ...)
+
+    def graph(self, name: str) -> GraphSpec:
+        if name not in self.graphs:
+            raise KeyError(f"task {self.task!r} has no graph {name!r}; it has {list(self.graphs)}")
+        return self.graphs[name]
+
+    def runs(self, when: str) -> GraphSpec:
+        """The graph that runs `when` (ONCE | STEP | FULL); KeyError if none."""
+        for g in self.graphs.values():
+            if g.runs == when:
+                return g
+        raise KeyError(f"task {self.task!r} has no graph that runs {when!r}")
+
+    # The two graphs every current task has, found by when they run (not by name).
+    @property
+    def full(self) -> GraphSpec:
+        return self.runs(FULL)
+
+    @property
+    def step(self) -> GraphSpec:
+        return self.runs(STEP)
+
+    def to_json(self) -> dict:
+        def tensor(t: TensorSpec) -> dict:
+            return {"name": t.name, "dtype": t.dtype, "dims": list(t.dims), "role": t.role}
+
+        return {"task": self.task, "family": self.family, "extra": self.extra,
+                "graphs": {n: {"name": g.name, "runs": g.runs,
+                               "inputs": [tensor(t) for t in g.inputs],
+                               "outputs": [tensor(t) for t in g.outputs],
+                               "state": [{"input": p.input, "output": p.output, "seq_axis": p.seq_axis}
+                                         for p in g.state]}
+                           for n, g in self.graphs.items()}}
+
+    @staticmethod
+    def from_json(d: dict) -> "TaskSpec":
+        if "graphs" not in d:                # seqserve-export/1: {"family", "full", "step", "extra"}
+            return _from_v1(d)
+
+        def tensors(items) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"]), t.get("role", "")) for t in items)
+
+        graphs = {n: GraphSpec(g["name"], tensors(g["inputs"]), tensors(g["outputs"]),
+                               tuple(StatePair(**p) for p in g.get("state", ())), g.get("runs", STEP))
+                  for n, g in d["graphs"].items()}
+        return TaskSpec(d["task"], d["family"], graphs, d.get("extra", {}))
+
+
+def _from_v1(d: dict) -> TaskSpec:
+    """Exports and repositories written before tasks: causal-lm, roles given by the names that
+    format used (input_ids, attention_mask, position_ids, logits, state pairs)."""
+    by_name = {"input_ids": TOKENS, "attention_mask": MASK, "position_ids": POSITIONS, "logits": LOGITS}
+
+    def graph(g: dict, runs: str) -> GraphSpec:
+        state = tuple(StatePair(**p) for p in g.get("state", ()))
+        stateful = {p.input for p in state} | {p.output for p in state}
+
+        def tensors(items):
+            return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"]),
+                                    STATE if t["name"] in stateful else by_name.get(t["name"], ""))
+                         for t in items)
+        return GraphSpec(g["name"], tensors(g["inputs"]), tensors(g["outputs"]), state, runs)
+
+    return TaskSpec("causal-lm", d["family"], {"full": graph(d["full"], FULL), "step": graph(d["step"], STEP)},
+                    d.get("extra", {}))
+
+
+def _by_name(tensors: tuple[TensorSpec, ...], name: str) -> TensorSpec:
+    for t in tensors:
+        if t.name == name:
+            return t
+    raise KeyError(f"no tensor named {name!r}; have {[t.name for t in tensors]}")
+
+
+def resolve_dims(t: TensorSpec, sizes: dict[str, int]) -> tuple[int, ...]:
+    """Concrete shape from named sizes; total_sequence defaults to past + sequence."""
+    sizes = {PAST: 0, **sizes}
+    sizes.setdefault(TOTAL, sizes[PAST] + sizes[SEQ])
+    return tuple(d if isinstance(d, int) else sizes[d] for d in t.dims)
+
+
+def example_inputs(graph: GraphSpec, sizes: dict[str, int], rng) -> dict:
+    """Valid random feeds for a graph, by role: token ids in the vocabulary, an all-ones mask,
+    the right positions, small random floats for everything else (state)."""
+    import numpy as np
+
+    vocab = graph.role(LOGITS).dims[-1]
+    past = sizes.get(PAST, 0)
+    feeds = {}
+    for t in graph.inputs:
+        shape = resolve_dims(t, sizes)
+        if t.role == TOKENS:
+            feeds[t.name] = rng.integers(0, vocab, shape, dtype=np.int64)
+        elif t.role == MASK:
+            feeds[t.name] = np.ones(shape, dtype=np.int64)
+        elif t.role == POSITIONS:
+            feeds[t.name] = np.broadcast_to(np.arange(past, past + shape[1], dtype=np.int64), shape).copy()
+        else:
+            feeds[t.name] = (0.5 * rng.standard_normal(shape)).astype(t.dtype)
+    return feeds
