@@ -169,6 +169,21 @@ def test_prometheus_scrapes_both_servers(compose):
         == [(PROMETHEUS_CONFIG, True)], mounts
 
 
+def test_prometheus_sends_seqserves_api_key(compose):
+    """seqserve's /metrics takes the API key when there is one: the scrape sends it from the file
+    the prometheus service writes from SEQSERVE_API_KEY at start."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "seqserve"]
+    auth = job["authorization"]
+    assert auth["type"] == "Bearer"
+    service = compose["services"]["prometheus"]
+    assert auth["credentials_file"] in " ".join(service["entrypoint"])
+    assert "SEQSERVE_API_KEY" in " ".join(service["entrypoint"])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in " ".join(service["entrypoint"])
+    env = service["environment"]
+    assert "SEQSERVE_API_KEY" in (env if isinstance(env, dict) else [e.split("=")[0] for e in env])
+
+
 def test_dockerignore_keeps_the_mounted_repository_out_of_the_build_context():
     ignored = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()}
     assert {"model_repository", ".venv", ".git", "runs"} <= ignored
