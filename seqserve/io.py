@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import re
@@ -19,6 +18,11 @@ import shutil
 from pathlib import Path
 
 from seqserve.errors import SeqserveError
+
+try:
+    import fcntl
+except ImportError:         # not POSIX: no locks (concurrent writers of one target are unsupported)
+    fcntl = None
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -104,7 +108,8 @@ def lock_path(path: Path, blocking: bool = True) -> _Lock | None:
         _held[key] += 1
         return _Lock(None, key)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except OSError:
         os.close(fd)
         return None
