@@ -23,13 +23,14 @@ import torch
 
 from seqserve.errors import SeqserveError
 from seqserve.export.optimize import optimize_graph
+from seqserve.dtypes import ONNX_OF_NUMPY
 from seqserve.tasks import run_graph
 from seqserve.tasks.spec import GraphSpec, example_inputs
 
 DEFAULTS = {"gpt": ("dynamo", 23)}          # family -> (exporter, opset)
 RECURRENT_DEFAULT = ("torchscript", 17)
 
-_ONNX_DTYPES = {"int64": onnx.TensorProto.INT64, "float32": onnx.TensorProto.FLOAT}
+_ONNX_DTYPES = ONNX_OF_NUMPY      # numpy name -> ONNX element type (seqserve/dtypes.py)
 
 
 class GraphModule(torch.nn.Module):

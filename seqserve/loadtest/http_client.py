@@ -22,16 +22,10 @@ import httptools
 import numpy as np
 
 from seqserve.loadtest import calls as C
+from seqserve.dtypes import kserve_datatype
 from seqserve.loadtest.calls import Call, now_ns
 
-_DATATYPES = {np.dtype(np.bool_): "BOOL", np.dtype(np.int8): "INT8", np.dtype(np.int16): "INT16",
-              np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64", np.dtype(np.uint8): "UINT8",
-              np.dtype(np.uint16): "UINT16", np.dtype(np.uint32): "UINT32", np.dtype(np.uint64): "UINT64",
-              np.dtype(np.float16): "FP16", np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64"}
-
-
-def datatype_of(a: np.ndarray) -> str:
-    return "BYTES" if a.dtype == np.object_ or a.dtype.kind in "SU" else _DATATYPES[a.dtype]
+datatype_of = kserve_datatype      # seqserve/dtypes.py
 
 
 def raw_bytes(a: np.ndarray) -> bytes:

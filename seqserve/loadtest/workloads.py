@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from seqserve.errors import SeqserveError
+from seqserve.dtypes import NUMPY
 from seqserve.loadtest.config import LoadTestConfig
 from seqserve.loadtest.discovery import ModelInfo, Tensor
 
@@ -30,9 +31,7 @@ PROMPT_CHARS = 32         # default length of a synthesized prompt
 UNKNOWN_VOCAB = 16        # integer inputs of a model without a logits output: ids in [0, 16)
 _WORDS = ("the", "def", "return", "self", "value", "import", "class", "for", "in", "if", "not", "none",
           "data", "name", "list", "item", "line", "text", "file", "path", "and", "or", "is", "with")
-_NP = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-       "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-       "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_}
+_NP = NUMPY                 # KServe datatype -> numpy dtype (seqserve/dtypes.py)
 
 
 def _shape(t: Tensor, info: ModelInfo, length: int) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from seqserve.dtypes import TRITON_OF_NUMPY
 from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import ExportInfo
 from seqserve.spec import GraphSpec, TensorSpec
@@ -52,12 +53,8 @@ DERIVED_INPUTS = ("attention_mask", "position_ids")
 # folders, and our temporary siblings are hidden.
 MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
-NUMPY_TO_TRITON = {
-    "bool": mc.TYPE_BOOL, "uint8": mc.TYPE_UINT8, "uint16": mc.TYPE_UINT16, "uint32": mc.TYPE_UINT32,
-    "uint64": mc.TYPE_UINT64, "int8": mc.TYPE_INT8, "int16": mc.TYPE_INT16, "int32": mc.TYPE_INT32,
-    "int64": mc.TYPE_INT64, "float16": mc.TYPE_FP16, "float32": mc.TYPE_FP32, "float64": mc.TYPE_FP64,
-    "bfloat16": mc.TYPE_BF16, "object": mc.TYPE_STRING, "bytes": mc.TYPE_STRING,
-}
+# numpy dtype name -> Triton config type (seqserve/dtypes.py)
+NUMPY_TO_TRITON = {n: mc.DataType.Value(t) for n, t in TRITON_OF_NUMPY.items()}
 
 # Generation request fields besides text_input: (name, type, dims); all optional.
 GENERATE_OPTIONAL = (

@@ -21,11 +21,12 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
+from seqserve.dtypes import KSERVE_OF_TRITON
 from seqserve.package.triton_config import GENERATE_OPTIONAL
 from seqserve.serve.types import (DATATYPES, InferRequest, InferResponse, RequestedOutput,
                                   ServeError, datatype_of)
 
-_DTYPES = {name: np.dtype(t) for name, t in DATATYPES.items()}
+_DTYPES = DATATYPES
 _DATATYPE_LIST = ", ".join(_DTYPES)
 _LEN = struct.Struct("<I")
 
@@ -51,12 +52,7 @@ _FIELD_DTYPES = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_con
                  "fp32_contents": np.float32, "fp64_contents": np.float64}
 
 # ModelConfig data types -> KServe datatypes (TYPE_BF16 has no numpy dtype here).
-_CONFIG_DATATYPES = {
-    mc.TYPE_BOOL: "BOOL", mc.TYPE_UINT8: "UINT8", mc.TYPE_UINT16: "UINT16",
-    mc.TYPE_UINT32: "UINT32", mc.TYPE_UINT64: "UINT64", mc.TYPE_INT8: "INT8",
-    mc.TYPE_INT16: "INT16", mc.TYPE_INT32: "INT32", mc.TYPE_INT64: "INT64",
-    mc.TYPE_FP16: "FP16", mc.TYPE_FP32: "FP32", mc.TYPE_FP64: "FP64", mc.TYPE_STRING: "BYTES",
-}
+_CONFIG_DATATYPES = {mc.DataType.Value(t): k for t, k in KSERVE_OF_TRITON.items()}
 
 _INFER_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
 _TENSOR_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqserve.dtypes import KSERVE_OF_TRITON
 from seqserve.runtime import RuntimeOptions
 from seqserve.runtime.ort import OrtBackend
 from seqserve.serve.stats import ModelStats
@@ -27,12 +28,8 @@ SHUTDOWN_MESSAGE = "the server shut down before this request ran; send it again 
 
 INLINE_TOKENS = 8     # requests up to this many tokens may run inline on the loop (worker.py)
 
-# Triton config data_type -> KServe datatype
-TRITON_TO_KSERVE = {
-    "TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16", "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64", "TYPE_INT8": "INT8", "TYPE_INT16": "INT16", "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64", "TYPE_STRING": "BYTES",
-}
+# Triton config data_type name -> KServe datatype: seqserve/dtypes.py
+TRITON_TO_KSERVE = KSERVE_OF_TRITON
 
 
 @dataclass(frozen=True)

@@ -12,22 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seqserve.dtypes import NUMPY, kserve_datatype
 from seqserve.errors import SeqserveError
 
-# KServe v2 datatype <-> numpy. BYTES tensors are numpy object arrays of `bytes`.
-DATATYPES = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}
-NUMPY_TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPES.items() if k != "BYTES"}
-
-
-def datatype_of(array: np.ndarray) -> str:
-    """KServe v2 datatype name of a numpy array ("FP32", "INT64", "BYTES" for object arrays)."""
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
-        return "BYTES"
-    return NUMPY_TO_DATATYPE[array.dtype.name]
+# KServe v2 datatype <-> numpy: seqserve/dtypes.py (BYTES tensors are numpy object arrays of bytes).
+DATATYPES = NUMPY
+datatype_of = kserve_datatype
 
 
 class ServeError(SeqserveError):

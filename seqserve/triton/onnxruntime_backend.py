@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqserve.dtypes import NUMPY_OF_TRITON, TRITON_OF_ONNX
 from seqserve.errors import SeqserveError
 
 ONNXRUNTIME_PLATFORMS = ("onnxruntime_onnx",)
@@ -51,13 +52,8 @@ BOOL_CONTROLS = ("CONTROL_SEQUENCE_START", "CONTROL_SEQUENCE_END", "CONTROL_SEQU
 # core: "expected TYPE_UINT64, TYPE_INT64, TYPE_UINT32, TYPE_INT32, or TYPE_STRING" for CORRID
 CORRID_TYPES = ("TYPE_UINT64", "TYPE_INT64", "TYPE_UINT32", "TYPE_INT32", "TYPE_STRING")
 
-_ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
-                   6: "TYPE_INT32", 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16",
-                   11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64"}
-_TRITON_TO_NUMPY = {"TYPE_FP32": np.float32, "TYPE_UINT8": np.uint8, "TYPE_INT8": np.int8,
-                    "TYPE_UINT16": np.uint16, "TYPE_INT16": np.int16, "TYPE_INT32": np.int32,
-                    "TYPE_INT64": np.int64, "TYPE_BOOL": np.bool_, "TYPE_FP16": np.float16,
-                    "TYPE_FP64": np.float64, "TYPE_UINT32": np.uint32, "TYPE_UINT64": np.uint64}
+_ONNX_TO_TRITON = TRITON_OF_ONNX        # seqserve/dtypes.py
+_TRITON_TO_NUMPY = NUMPY_OF_TRITON
 
 
 def served_by_onnxruntime_backend(cfg) -> bool:

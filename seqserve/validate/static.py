@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from seqserve.dtypes import NUMPY_OF_ONNX
 from seqserve.tasks.spec import LOGITS, GraphSpec
 from seqserve.validate.results import CheckResult
 from seqserve.validate.target import Target, Unusable, guarded
@@ -47,8 +48,7 @@ def _first_line(e: Exception) -> str:
 
 # 2. dynamic_axes ---------------------------------------------------------------------------------
 
-_DTYPES = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-           onnx.TensorProto.INT32: "int32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.BOOL: "bool"}
+_DTYPES = NUMPY_OF_ONNX      # ONNX element type -> numpy name (seqserve/dtypes.py)
 
 
 def dynamic_axes(t: Target) -> list[CheckResult]:
