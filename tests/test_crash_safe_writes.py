@@ -25,9 +25,8 @@ FAULT = Path(__file__).parent / "fault_inject.py"
 GROUP = ["lstm", "lstm_step", "lstm_generate"]
 
 
-def killed_cli(kill_after: int, log: Path, *args, no_exchange: bool = False) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(FAULT), str(kill_after), str(log), *(["--no-exchange"] if no_exchange else []),
-           "--", *map(str, args)]
+def killed_cli(kill_after: int, log: Path, *args, flags: tuple = ()) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(FAULT), str(kill_after), str(log), *flags, "--", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
@@ -35,17 +34,17 @@ def steps_of(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def measure(tmp: Path, *args, no_exchange: bool = False) -> list[str]:
+def measure(tmp: Path, *args, flags: tuple = ()) -> list[str]:
     """The renames/links of an unkilled run (which must succeed)."""
     log = tmp / "measure.log"
-    res = killed_cli(0, log, *args, no_exchange=no_exchange)
+    res = killed_cli(0, log, *args, flags=flags)
     assert res.returncode == 0, res.stdout + res.stderr
     return steps_of(log)
 
 
-def kill_at(k: int, tmp: Path, *args, no_exchange: bool = False) -> None:
+def kill_at(k: int, tmp: Path, *args, flags: tuple = ()) -> None:
     log = tmp / f"kill{k}.log"
-    res = killed_cli(k, log, *args, no_exchange=no_exchange)
+    res = killed_cli(k, log, *args, flags=flags)
     assert res.returncode == -signal.SIGKILL, (k, res.returncode, res.stdout[-2000:], res.stderr[-2000:])
     assert len(steps_of(log)) == k
 
@@ -67,29 +66,38 @@ def _earlier_kills(parent: Path, name: str) -> None:
     (parent / f".{name}.old-0badc0de" / "x").mkdir(parents=True)
 
 
-@pytest.mark.parametrize("no_exchange", [False, True], ids=["exchange", "two-renames"])
-def test_export_killed_after_every_rename_leaves_a_valid_export(checkpoint, exported, tmp_path, no_exchange):
+EXPORT_FLAGS = {"exchange": (), "two-renames": ("--no-exchange",),
+                "with-removals": pytest.param(("--removals",), marks=pytest.mark.slow)}
+
+
+@pytest.mark.parametrize("flags", list(EXPORT_FLAGS.values()), ids=list(EXPORT_FLAGS))
+def test_export_killed_after_every_rename_leaves_a_valid_export(checkpoint, exported, tmp_path, flags):
     ckpt, base = checkpoint("lstm"), exported("lstm")
     probe = tmp_path / "probe"
     shutil.copytree(base, probe / "exp")
-    steps = measure(probe, "export", ckpt, "--out", probe / "exp", no_exchange=no_exchange)
-    # the staged sidecar, then one exchange (or: move aside + rename in)
-    assert len(steps) == (3 if no_exchange else 2), steps
+    _earlier_kills(probe, "exp")
+    steps = measure(probe, "export", ckpt, "--out", probe / "exp", flags=flags)
+    ops = [line.split() for line in steps]
+    # the step that puts the new export in place, and (two renames) the one that moves the old aside
+    swap = 1 + next(i for i, op in enumerate(ops) if op[1] in ("exchange", "replace") and op[-1].endswith("/exp"))
+    aside = 1 + next((i for i, op in enumerate(ops) if op[1] == "replace" and op[2].endswith("/exp")), swap - 1)
+    if "--removals" not in flags:
+        # the staged sidecar, then one exchange (or: move aside + rename in)
+        assert len(steps) == (3 if "--no-exchange" in flags else 2), steps
     for k in range(1, len(steps) + 1):
         parent = tmp_path / f"k{k}"
         out = parent / "exp"
         shutil.copytree(base, out)
         _earlier_kills(parent, "exp")
         old_inode = (out / "seqserve.json").stat().st_ino
-        kill_at(k, parent, "export", ckpt, "--out", out, no_exchange=no_exchange)
-        moved_aside = no_exchange and k == 2         # between the fallback's two renames
-        if moved_aside:
+        kill_at(k, parent, "export", ckpt, "--out", out, flags=flags)
+        if aside <= k < swap:                        # between the fallback's two renames
             assert not out.exists()                  # only where the filesystem cannot exchange...
         else:
             res = run("validate", out, "--summary")
-            assert res.exit_code == 0 and "PASSED" in res.output, (k, res.output)
+            assert res.exit_code == 0 and "PASSED" in res.output, (k, steps[k - 1], res.output)
             new = (out / "seqserve.json").stat().st_ino != old_inode
-            assert new == (k == len(steps)), k       # the old export until the last step, then the new
+            assert new == (k >= swap), k             # the old export until the swap, then the new
         res = run("export", ckpt, "--out", out)      # ...and the next run puts the old one back first
         assert res.exit_code == 0, (k, res.output)
         assert hidden_leftovers(parent) == []
@@ -198,8 +206,7 @@ SCENARIOS = {
 }
 
 
-def _sweep(scenario: str, base_repo: Path, exported, tmp_path: Path, no_exchange: bool = False,
-           only: list[int] | None = None) -> int:
+def _sweep(scenario: str, base_repo: Path, exported, tmp_path: Path, flags: tuple = ()) -> int:
     extra, before, expected = SCENARIOS[scenario]
     export = exported("lstm")
 
@@ -212,12 +219,11 @@ def _sweep(scenario: str, base_repo: Path, exported, tmp_path: Path, no_exchange
         return repo
 
     probe = tmp_path / "probe"
-    steps = measure(probe, "package", export, "--repository", fresh(probe), *extra, no_exchange=no_exchange)
-    kill_points = range(1, len(steps) + 1) if only is None else [k for k in only if k <= len(steps)]
-    for k in kill_points:
+    steps = measure(probe, "package", export, "--repository", fresh(probe), *extra, flags=flags)
+    for k in range(1, len(steps) + 1):
         where = tmp_path / f"k{k}"
         repo = fresh(where)
-        kill_at(k, where, "package", export, "--repository", repo, *extra, no_exchange=no_exchange)
+        kill_at(k, where, "package", export, "--repository", repo, *extra, flags=flags)
         res = run("validate", "--repository", repo, "--summary")
         assert res.exit_code == 0 and "PASSED" in res.output, (k, steps[k - 1], res.output)
         v = assert_one_consistent_version(repo, GROUP, may_be_absent=before == "empty")
@@ -246,8 +252,17 @@ def test_package_in_place_killed_after_every_rename(base_repo, exported, tmp_pat
 def test_package_killed_without_an_atomic_exchange(base_repo, exported, tmp_path, scenario):
     """Where the filesystem cannot exchange two names: move aside, then rename in (15 steps in
     place: each model's old folder moved aside is one more)."""
-    n = _sweep(scenario, base_repo, exported, tmp_path, no_exchange=True)
+    n = _sweep(scenario, base_repo, exported, tmp_path, flags=("--no-exchange",))
     assert n == (12 if scenario == "new-version" else 15)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["in-place", "first"])
+def test_package_killed_after_every_removal_too(base_repo, exported, tmp_path, scenario):
+    """"At any instant": also right after each unlink/rmdir (removing the replaced folders, whose
+    sidecar goes first, so a half-removed one is never taken for a version)."""
+    n = _sweep(scenario, base_repo, exported, tmp_path, flags=("--removals",))
+    assert n > (12 if scenario == "in-place" else 15)
 
 
 def test_first_package_killed_after_every_rename(base_repo, exported, tmp_path):
