@@ -138,6 +138,29 @@ def test_a_live_writers_staging_folder_is_not_taken_for_a_leftover(tmp_path):
     assert (target / "m").read_text() == "outer" and hidden_leftovers(tmp_path) == []
 
 
+def test_another_processes_staging_folder_is_not_taken_for_a_leftover(tmp_path):
+    """The same across processes: a live writer's staging folder holds an flock; the cleanup of
+    killed runs' leftovers skips it (a killed writer's lock died with it)."""
+    from seqserve.io import atomic_dir
+
+    target = tmp_path / "out"
+    code = ("import sys; from pathlib import Path; from seqserve.io import atomic_dir\n"
+            f"with atomic_dir(Path({str(target)!r}), 'm') as t:\n"
+            "    (t / 'm').write_text('other'); print(t, flush=True); sys.stdin.read()\n")
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+    try:
+        staging = Path(other.stdout.readline().strip())
+        assert staging.is_dir()
+        with atomic_dir(target, "m") as mine:
+            (mine / "m").write_text("mine")
+        assert staging.is_dir() and (target / "m").read_text() == "mine"
+    finally:
+        other.communicate("", timeout=60)
+    assert other.returncode == 0 and (target / "m").read_text() == "other"
+    assert hidden_leftovers(tmp_path) == []
+
+
 # ---- package (F7, F8) ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
