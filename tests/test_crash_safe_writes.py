@@ -253,7 +253,10 @@ def _sweep(scenario: str, base_repo: Path, exported, tmp_path: Path, flags: tupl
         assert v in ({0, 1} if before == "empty" else {1, 2} if scenario == "new-version" else {1}), (k, v)
         res = run("package", export, "--repository", repo, *extra)     # the next run recovers
         assert res.exit_code == 0, (k, res.output)
-        assert_recovered(repo, GROUP, expected(v))
+        try:
+            assert_recovered(repo, GROUP, expected(v))
+        except AssertionError as e:
+            raise AssertionError(f"kill point {k} ({steps[k - 1]}), served v{v} before the rerun: {e}") from None
     return len(steps)
 
 
@@ -356,7 +359,21 @@ def test_resolver_keeps_versions_written_before_groups(tmp_path):
     (tmp_path / "a" / "3").mkdir()                                 # no sidecar: load_version reports it
     _version(tmp_path / "a", ".2.tmp-0001", None)                   # hidden without a package: ignored
     _version(tmp_path / "a", ".4.tmp-0001", _pkg("y", 1, 4, models=("a", "zz")))   # zz has none
+    (tmp_path / "zz").mkdir()
     assert list_versions(tmp_path / "a") == [1, 3]
+
+
+def test_a_model_removed_whole_does_not_hold_back_the_rest_of_its_group(tmp_path):
+    """A user who deletes NAME_generate/ (serving only NAME) keeps NAME's versions; a model whose
+    folder is there without the package still holds its group back."""
+    from seqserve.package import list_versions
+
+    for m in "abc":
+        _version(tmp_path / m, "1", _pkg("x1", 1, 1))
+    shutil.rmtree(tmp_path / "c")
+    assert list_versions(tmp_path / "a") == list_versions(tmp_path / "b") == [1]
+    (tmp_path / "c").mkdir()
+    assert list_versions(tmp_path / "a") == list_versions(tmp_path / "b") == []
 
 
 def test_validate_notes_and_passes_an_incomplete_version(base_repo, tmp_path):

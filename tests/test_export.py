@@ -17,7 +17,7 @@ from seqserve.errors import SeqserveError
 from seqserve.export import ExportOptions, export_checkpoint, load_export
 from seqserve.export.onnx_graphs import conform_dims
 from seqserve.runtime import create_session
-from seqserve.spec import PAST, SEQ, TOTAL, example_inputs, resolve_dims
+from seqserve.tasks.spec import PAST, SEQ, TOTAL, example_inputs, resolve_dims
 
 # Per-family expectations. test_registry fails when a registered family has no entry here.
 FAMILY_FACTS = {
@@ -144,13 +144,13 @@ def test_conform_dims_fails_when_a_dynamic_axis_was_fixed(exported, family, tmp_
     with pytest.raises(SeqserveError) as e:
         conform_dims(bad, spec)
     msg = str(e.value)
-    assert "input_ids axis 1 should be dynamic (sequence)" in msg and "fixed it to 7" in msg
+    assert "input_ids axis 1 (sequence) is fixed to 7; it must be dynamic" in msg
 
 
 def test_the_dynamo_trap_is_caught_and_leaves_nothing_behind(checkpoint, tmp_path):
     # The dynamo exporter unrolls nn.LSTM and fixes the sequence length: conform_dims must say so.
     out = tmp_path / "lstm-dynamo"
-    with pytest.raises(SeqserveError, match="axis 1 should be dynamic \\(sequence\\) but the exporter fixed it"):
+    with pytest.raises(SeqserveError, match="axis 1 \\(sequence\\) is fixed to \\d+; it must be dynamic"):
         export_checkpoint(checkpoint("lstm"), out, ExportOptions(exporter="dynamo"))
     assert list(tmp_path.iterdir()) == []
 
@@ -160,7 +160,7 @@ def test_exporter_failures_are_one_plain_line(checkpoint, tmp_path):
         export_checkpoint(checkpoint("rnn"), tmp_path / "rnn-dynamo", ExportOptions(exporter="dynamo"))
     msg = str(e.value)
     assert "\n" not in msg and "\x1b" not in msg
-    assert msg.startswith("exporting the full graph with the dynamo exporter failed") or "should be dynamic" in msg
+    assert msg.startswith("exporting the full graph with the dynamo exporter failed") or "it must be dynamic" in msg
     assert list(tmp_path.iterdir()) == []
 
 
@@ -180,7 +180,7 @@ def test_conform_dims_renames_axes_and_checks_static_sizes(exported, tmp_path):
     m.graph.input[3].type.tensor_type.shape.dim[1].dim_value = 99                # heads: static in the spec
     wrong = tmp_path / "wrong.onnx"
     onnx.save(m, str(wrong))
-    with pytest.raises(SeqserveError, match="past_key_values.0.key axis 1 is 99; expected 4"):
+    with pytest.raises(SeqserveError, match="past_key_values.0.key axis 1 is 99; the spec fixes it to 4"):
         conform_dims(wrong, spec)
 
 

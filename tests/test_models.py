@@ -12,7 +12,7 @@ from seqserve.checkpoint import load_checkpoint, save_checkpoint
 from seqserve.data import Tokenizer
 from seqserve.errors import SeqserveError
 from seqserve.models import RecurrentConfig, build_model, make_config
-from seqserve.spec import PAST, SEQ, FamilySpec, resolve_dims
+from seqserve.tasks.spec import PAST, SEQ, TaskSpec, resolve_dims
 
 V = 23  # vocabulary size of the test models
 
@@ -140,7 +140,7 @@ def test_spec_names_and_state_pairs(family):
         assert step.output(present[0]).dims[2] == "total_sequence"
         assert spec.extra["max_seq_len"] == model.config.max_seq_len
     assert all(t.dtype in ("int64", "float32") for t in step.inputs + step.outputs)
-    assert FamilySpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert TaskSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

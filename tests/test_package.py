@@ -13,7 +13,7 @@ from seqserve.export import load_export
 from seqserve.package import (ModelConfig, PackageOptions, build_configs, check_against_onnx, list_versions,
                               load_version, package_export, parse_config, read_config, to_pbtxt)
 from seqserve.package import repository as repo_module
-from seqserve.spec import example_inputs
+from seqserve.tasks.spec import example_inputs
 from tritonclient.grpc import model_config_pb2 as mc
 
 from helpers import assert_one_line_error, hidden_leftovers, run, snapshot

@@ -23,14 +23,13 @@ import torch
 
 from seqserve.errors import SeqserveError
 from seqserve.export.optimize import optimize_graph
-from seqserve.dtypes import ONNX_OF_NUMPY
 from seqserve.tasks import run_graph
+from seqserve.tasks.signature import signature_problems
 from seqserve.tasks.spec import GraphSpec, example_inputs
 
 DEFAULTS = {"gpt": ("dynamo", 23)}          # family -> (exporter, opset)
 RECURRENT_DEFAULT = ("torchscript", 17)
 
-_ONNX_DTYPES = ONNX_OF_NUMPY      # numpy name -> ONNX element type (seqserve/dtypes.py)
 
 
 class GraphModule(torch.nn.Module):
@@ -69,39 +68,14 @@ def export_graph(model, graph: GraphSpec, path, exporter: str, opset: int) -> No
 
 
 def conform_dims(path, graph: GraphSpec) -> None:
-    """Check the ONNX graph's inputs/outputs against the spec; name every dynamic axis as the spec.
-
-    Fails when a name, dtype or rank differs, a static size differs, or an axis the spec declares
-    dynamic was fixed by the exporter (the dynamo trap with vanilla RNNs).
-    """
+    """Check the ONNX graph's inputs/outputs against the spec (seqserve.tasks.signature) and name
+    every axis as the spec does. Fails when a name, order, dtype or rank differs, a static size
+    differs, or an axis the spec declares dynamic was fixed by the exporter."""
     path = Path(path)
     model = onnx.load(str(path))
-    problems = []
-    for kind, values, specs in (("input", model.graph.input, graph.inputs),
-                                ("output", model.graph.output, graph.outputs)):
-        names = [v.name for v in values]
-        if names != [t.name for t in specs]:
-            raise SeqserveError(f"{path.name}: graph {kind}s are {names}; the spec expects {[t.name for t in specs]}")
-        for v, t in zip(values, specs):
-            tt = v.type.tensor_type
-            if tt.elem_type != _ONNX_DTYPES[t.dtype]:
-                problems.append(f"{kind} {t.name} has ONNX dtype {tt.elem_type}; expected {t.dtype}")
-            dims = tt.shape.dim
-            if len(dims) != len(t.dims):
-                problems.append(f"{kind} {t.name} has rank {len(dims)}; expected {len(t.dims)}")
-                continue
-            for i, (d, want) in enumerate(zip(dims, t.dims)):
-                if isinstance(want, int):
-                    if d.HasField("dim_value") and d.dim_value != want:
-                        problems.append(f"{kind} {t.name} axis {i} is {d.dim_value}; expected {want}")
-                    d.dim_value = want
-                elif d.HasField("dim_value"):
-                    problems.append(f"{kind} {t.name} axis {i} should be dynamic ({want}) but the "
-                                    f"exporter fixed it to {d.dim_value}")
-                else:
-                    d.dim_param = want
+    problems, _ = signature_problems(model.graph, graph, fix=True)
     if problems:
-        raise SeqserveError(f"{path.name} does not match the family spec: " + "; ".join(problems))
+        raise SeqserveError(f"{path.name} does not match the task spec: " + "; ".join(problems))
     onnx.save(model, str(path))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from seqserve.spec import GraphSpec, example_inputs
+from seqserve.tasks.spec import GraphSpec, example_inputs
 
 # The dynamo exporter lowers `scaled_dot_product_attention` with a KV cache to a 4-D ONNX
 # `Attention` surrounded by plumbing, per layer:

@@ -5,7 +5,7 @@ torch backend use:
     initial_state(batch) -> tuple of state tensors
     step(input_ids, state, ...) -> (logits, next state)
     forward(input_ids) -> logits          # full sequence from the initial state
-    spec() -> FamilySpec                  # graph names, dtypes, dims, state pairs
+    spec() -> TaskSpec                    # the task spec: graphs, tensors by role, state pairs
     run_step(dict name -> tensor) -> dict name -> tensor   # the step graph, by tensor names
 """
 

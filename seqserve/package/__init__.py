@@ -11,13 +11,13 @@
 from seqserve.package.repository import (CONFIG, MODEL_FILE, PYTHON_MODEL, PackagedModel, ServedVersion, list_versions,
                                          load_resolved, load_version, package_export, pending_versions, read_config,
                                          recover_repository, resolve_version, resolve_versions, served_sidecar)
-from seqserve.package.triton_config import (DERIVED_INPUTS, KIND_GRAPH, KINDS, TARGETS, ModelConfig,
+from seqserve.package.triton_config import (KIND_GRAPH, KINDS, TARGETS, ModelConfig,
                                             PackageOptions, build_configs, check_against_onnx, check_model_name,
                                             derived_inputs, keeps_own_state, kind_of, model_names,
                                             onnx_signature, parse_config, target_of, to_pbtxt)
 
 __all__ = [
-    "CONFIG", "DERIVED_INPUTS", "KINDS", "KIND_GRAPH", "MODEL_FILE", "PYTHON_MODEL", "TARGETS", "ModelConfig",
+    "CONFIG", "KINDS", "KIND_GRAPH", "MODEL_FILE", "PYTHON_MODEL", "TARGETS", "ModelConfig",
     "PackageOptions", "keeps_own_state", "target_of",
     "PackagedModel", "ServedVersion", "build_configs", "check_against_onnx", "check_model_name",
     "derived_inputs", "kind_of", "list_versions", "load_resolved", "load_version", "model_names", "onnx_signature",

@@ -124,8 +124,11 @@ def _resolve(scan: _Scan, model_dir: Path, n: int) -> Path | None:
     for folder, pkg, numeric in scan(model_dir).get(n, []):
         if pkg is None or pkg["version"] != n or model_dir.name not in pkg["models"]:
             continue
+        # A model of the group whose whole folder is gone was removed on purpose (a user who
+        # serves NAME but not NAME_generate): it is not waited for. A package cannot look like
+        # that while it is written: every model folder exists before the first sidecar commits.
         if all(any(q is not None and q["id"] == pkg["id"] for _, q, _ in scan(model_dir.parent / m).get(n, []))
-               for m in pkg["models"]):
+               for m in pkg["models"] if m == model_dir.name or (model_dir.parent / m).exists()):
             complete.append((pkg["created"], pkg["id"], numeric, folder))
     if complete:
         return max(complete)[3]
@@ -352,11 +355,15 @@ def recover_repository(repository: str | Path) -> None:
     for p in list(repository.iterdir()):
         if m := root_hidden.fullmatch(p.name):
             sio.recover(repository / m.group(1))
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        scan = _Scan()
+    # Decide for every model before touching any: a model folder that recovery removes must not
+    # change what its group's other models resolve to (a group member whose folder is gone is
+    # not waited for: see _resolve).
+    model_dirs = sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
+    scan = _Scan()
+    plan = {d: {n: _resolve(scan, d, n) for n in sorted(scan(d))} for d in model_dirs}
+    for model_dir in model_dirs:
         removed = False
-        for n in sorted(scan(model_dir)):
-            chosen = _resolve(scan, model_dir, n)
+        for n, chosen in plan[model_dir].items():
             if chosen is not None and chosen.name != str(n):
                 _publish(chosen, model_dir / str(n))
             for p in list(model_dir.iterdir()):

@@ -36,7 +36,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from seqserve.dtypes import TRITON_OF_NUMPY
 from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import ExportInfo
-from seqserve.spec import GraphSpec, TensorSpec
+from seqserve.tasks.spec import MASK, POSITIONS, GraphSpec, TensorSpec
 
 ModelConfig = mc.ModelConfig
 
@@ -47,7 +47,7 @@ SUFFIX = {"full": "", "step": "_step", "generate": "_generate"}
 
 # Graph inputs the server computes itself from the sequence it keeps (gpt's step graph); a client
 # of NAME_step sends only input_ids.
-DERIVED_INPUTS = ("attention_mask", "position_ids")
+DERIVED_ROLES = (MASK, POSITIONS)
 
 # Triton's model-name rule (letters, digits, _ - .). No leading "." either: Triton skips hidden
 # folders, and our temporary siblings are hidden.
@@ -231,7 +231,7 @@ def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
     # attention_mask/position_ids come from the sequence the server keeps: our server and the
     # python backend derive them; under triton-gpu the backend's graph derives them itself
     # (triton_gpu_graphs.add_sequence_start). A client of NAME_step sends input_ids only.
-    derived = [t.name for t in graph.inputs if t.name in DERIVED_INPUTS]
+    derived = [t.name for t in graph.inputs if t.role in DERIVED_ROLES]
     _add_tensors(cfg.input, [t for t in graph.inputs if t.name not in state_in and t.name not in derived])
     _add_tensors(cfg.output, [t for t in graph.outputs if t.name not in state_out])
     sb = cfg.sequence_batching

@@ -42,7 +42,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from seqserve.errors import SeqserveError
-from seqserve.spec import GraphSpec, example_inputs
+from seqserve.tasks.spec import GraphSpec, example_inputs
 
 BACKEND_GRAPH = "model.onnxruntime_backend.onnx"   # what Triton's onnxruntime backend loads
 START = "START"                                      # the START control tensor, a graph input

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from seqserve.errors import SeqserveError
-from seqserve.spec import GraphSpec
+from seqserve.tasks.spec import GraphSpec
 
 
 @dataclass(frozen=True)

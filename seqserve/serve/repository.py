@@ -143,6 +143,13 @@ class ModelRepository:
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: [m.close() for m in entry.versions.values()])
 
+    def end_all(self) -> None:
+        """Shutdown: every queued request and open stream of every model gets its terminal answer
+        now (streams a final event with finish_reason "shutdown"). Blocking; see Worker.end_all."""
+        for m in list(self.all_models()):
+            if m.worker is not None:
+                m.worker.end_all()
+
     def close(self) -> None:
         with self._lock:
             entries, self.models = list(self.models.values()), {}

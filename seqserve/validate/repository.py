@@ -100,7 +100,7 @@ def _version_rows(folder: Path, where: str, cfg, kind: str, graph: str, python_m
 def _runs(served, where: str, graph: str) -> CheckResult:
     from seqserve.runtime import RuntimeOptions
     from seqserve.runtime.ort import OrtBackend
-    from seqserve.spec import example_inputs
+    from seqserve.tasks.spec import example_inputs
 
     case = "batch=1 sequence=2 past=0"
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from seqserve.dtypes import NUMPY_OF_ONNX
+from seqserve.tasks.signature import signature_problems
 from seqserve.tasks.spec import LOGITS, GraphSpec
 from seqserve.validate.results import CheckResult
 from seqserve.validate.target import Target, Unusable, guarded
@@ -48,9 +48,6 @@ def _first_line(e: Exception) -> str:
 
 # 2. dynamic_axes ---------------------------------------------------------------------------------
 
-_DTYPES = NUMPY_OF_ONNX      # ONNX element type -> numpy name (seqserve/dtypes.py)
-
-
 def dynamic_axes(t: Target) -> list[CheckResult]:
     rows = []
     for g, spec in t.info.spec.graphs.items():
@@ -63,43 +60,11 @@ def _axes_row(t: Target, g: str, spec: GraphSpec, case: str) -> CheckResult:
     if g in t.broken:
         raise Unusable(f"skipped: {t.broken[g]}")
     graph = onnx.load(str(t.info.graph_path(g)), load_external_data=False).graph
-    problems, n_dynamic = [], 0
-    for kind, values, specs in (("input", graph.input, spec.inputs), ("output", graph.output, spec.outputs)):
-        have = {v.name: v for v in values}
-        extra = sorted(set(have) - {s.name for s in specs} - {i.name for i in graph.initializer})
-        if extra:
-            problems.append(f"unexpected {kind}s {extra}")
-        for s in specs:
-            if s.name not in have:
-                problems.append(f"{kind} {s.name} is missing")
-                continue
-            tt = have[s.name].type.tensor_type
-            dtype = _DTYPES.get(tt.elem_type, f"onnx type {tt.elem_type}")
-            if dtype != s.dtype:
-                problems.append(f"{kind} {s.name} is {dtype}; the spec says {s.dtype}")
-            dims = list(tt.shape.dim) if tt.HasField("shape") else []
-            if len(dims) != len(s.dims):
-                problems.append(f"{kind} {s.name} has rank {len(dims)}; the spec says {len(s.dims)}")
-                continue
-            for i, (d, want) in enumerate(zip(dims, s.dims)):
-                if isinstance(want, int):
-                    if not d.HasField("dim_value") or d.dim_value != want:
-                        problems.append(f"{kind} {s.name} axis {i} is {_dim(d)}; the spec fixes it to {want}")
-                    continue
-                n_dynamic += 1
-                if d.HasField("dim_value"):
-                    problems.append(f"{kind} {s.name} axis {i} ({want}) is fixed to {d.dim_value}; it must be dynamic")
-                elif d.dim_param != want:
-                    # Names tie axes together (all "batch" axes are one size); the spec's names are the contract.
-                    problems.append(f"{kind} {s.name} axis {i} is named {_dim(d)}; the spec names it {want!r}")
+    problems, n_dynamic = signature_problems(graph, spec)
     if problems:
         return CheckResult("dynamic_axes", g, case, False, detail="; ".join(problems))
     return CheckResult("dynamic_axes", g, case, True,
                        detail=f"names and dtypes match; {n_dynamic} dynamic axes are dynamic")
-
-
-def _dim(d) -> str:
-    return str(d.dim_value) if d.HasField("dim_value") else (repr(d.dim_param) if d.dim_param else "unnamed")
 
 
 # 2b. sidecar -------------------------------------------------------------------------------------
