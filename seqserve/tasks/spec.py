@@ -29,7 +29,19 @@ MASK = "attention_mask"         # int64 [B, TOTAL]: 1 = a real position
 POSITIONS = "position_ids"      # int64 [B, S]: each new token's position
 STATE = "state"                 # carried step to step (a StatePair's input or output)
 LOGITS = "logits"               # float [B, S, V]: next-token scores
-ROLES = (TOKENS, MASK, POSITIONS, STATE, LOGITS)
+CLASS_LOGITS = "class_logits"   # float [B, C]: one score per class (many-to-one)
+TAG_LOGITS = "tag_logits"       # float [B, S, T]: one score per tag and token (many-to-many)
+FEATURES = "features"           # float [B, F]: a vector that conditions generation
+SOURCE_TOKENS = "source_ids"    # int64 [B, SRC]: an encoder's input tokens
+SOURCE_MASK = "source_mask"     # int64 [B, SRC]: 1 = a real source position
+CONSTANT = "constant"           # computed once per sequence by a `once` graph, fed to every step
+ATTENTION = "attention_weights" # float [B, S, SRC]: where each new token attended
+ROLES = (TOKENS, MASK, POSITIONS, STATE, LOGITS, CLASS_LOGITS, TAG_LOGITS, FEATURES, SOURCE_TOKENS,
+         SOURCE_MASK, CONSTANT, ATTENTION)
+
+# What a task's head does with the last graph's output.
+GENERATE, CLASSIFY, TAG = "generate", "classify", "tag"
+HEADS = (GENERATE, CLASSIFY, TAG)
 
 # When a graph runs in a task's chain.
 ONCE, STEP, FULL = "once", "step", "full"
@@ -111,12 +123,38 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A model's task: its graphs by name, in chain order, and per-family facts."""
+    """A model's task: its graphs by name, in chain order, what its head does, and per-family facts.
+
+    The chain: every `once` graph runs first, once per sequence (an encoder over the source, an
+    `init` from a feature vector); its outputs feed the graphs after it by name: into a step
+    graph's state inputs (an initial state) or into inputs with role CONSTANT (encoder outputs,
+    cross-attention K/V: the same for every step). Then the `step` graph runs per new token or
+    chunk, carrying its state pairs. A `full` graph computes the same as the chain at once.
+    """
 
     task: str                                  # "causal-lm", ...
     family: str                                # the family that built it: "lstm", "gpt", ...
     graphs: dict[str, GraphSpec]               # name -> graph, in the order the chain runs them
     extra: dict = field(default_factory=dict)  # per-family facts (layers, heads, max_seq_len, ...)
+    head: str = GENERATE                       # GENERATE | CLASSIFY | TAG
+    io: dict = field(default_factory=dict)     # {"labels": [...]} (classify, tag), {"features": F}
+
+    @property
+    def once(self) -> list[GraphSpec]:
+        return [g for g in self.graphs.values() if g.runs == ONCE]
+
+    def links(self) -> list[tuple[str, str, str]]:
+        """(from graph, tensor name, to graph): an output of a `once` graph that a later graph
+        takes as an input of the same name."""
+        out, seen = [], []
+        for g in self.graphs.values():
+            for t in g.inputs:
+                for src in seen:
+                    if t.name in src.output_names:
+                        out.append((src.name, t.name, g.name))
+            if g.runs == ONCE:
+                seen.append(g)
+        return out
 
     def graph(self, name: str) -> GraphSpec:
         if name not in self.graphs:
@@ -143,7 +181,7 @@ class TaskSpec:
         def tensor(t: TensorSpec) -> dict:
             return {"name": t.name, "dtype": t.dtype, "dims": list(t.dims), "role": t.role}
 
-        return {"task": self.task, "family": self.family, "extra": self.extra,
+        return {"task": self.task, "family": self.family, "extra": self.extra, "head": self.head, "io": self.io,
                 "graphs": {n: {"name": g.name, "runs": g.runs,
                                "inputs": [tensor(t) for t in g.inputs],
                                "outputs": [tensor(t) for t in g.outputs],
@@ -162,7 +200,7 @@ class TaskSpec:
         graphs = {n: GraphSpec(g["name"], tensors(g["inputs"]), tensors(g["outputs"]),
                                tuple(StatePair(**p) for p in g.get("state", ())), g.get("runs", STEP))
                   for n, g in d["graphs"].items()}
-        return TaskSpec(d["task"], d["family"], graphs, d.get("extra", {}))
+        return TaskSpec(d["task"], d["family"], graphs, d.get("extra", {}), d.get("head", GENERATE), d.get("io", {}))
 
 
 def _from_v1(d: dict) -> TaskSpec:
