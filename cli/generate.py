@@ -22,6 +22,8 @@ def command(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass; 1 = off.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible sampling.")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable); output ends before it.")] = None,
+    beams: Annotated[int, typer.Option(help="Beam search with this many beams (1 = off); ignores the sampling options, prints the best hypotheses.")] = 1,
+    length_penalty: Annotated[float, typer.Option(help="With --beams: rank by sum(log p) / length ** this (0 = total, 1 = per token).")] = 1.0,
     device: Annotated[str, typer.Option(help="cpu or cuda (ONNX Runtime CUDA provider).")] = "cpu",
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads; 0 = one per core.")] = 0,
     url: Annotated[Optional[str], typer.Option(
@@ -39,8 +41,15 @@ def command(
                             top_p=top_p, seed=seed, stop=tuple(stop or ()))
     if (export is None) == (url is None):
         raise SeqserveError("give either an export folder or --url (a running server), not both or neither")
+    from seqserve.generation.beam import BeamParams
+
+    BeamParams(beams=beams, max_tokens=max_tokens, length_penalty=length_penalty)   # checked before any work
     if url is not None:
         from seqserve.serve.client import RemoteGenerator
+
+        if beams != 1:
+            raise SeqserveError("--beams runs on an export folder; servers take the `beams` parameter only for "
+                                "generate models that support it (not yet): drop --url or --beams")
 
         if not model:
             raise SeqserveError("--url needs --model: the name of the generation model on that server")
@@ -52,11 +61,30 @@ def command(
 
         info = load_export(export)
         be = make_backend(info, backend, options=RuntimeOptions(device=device, intra_op_threads=threads))
+        if beams != 1:
+            return _beams(be, info, prompt, BeamParams(beams=beams, max_tokens=max_tokens, length_penalty=length_penalty))
         events = generate(be, info.tokenizer, prompt, params, info.max_context)
     if len(prompt) == 1:
         _stream_one(prompt[0], events)
     else:
         _stream_many(prompt, events)
+
+
+def _beams(backend, info, prompts: list[str], params) -> None:
+    """Each prompt's hypotheses, best first: the best one's text on stdout, the table on stderr."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from seqserve.generation.beam import beam_texts
+
+    for prompt, hyps in zip(prompts, beam_texts(backend, info.tokenizer, prompts, params, info.max_context)):
+        sys.stdout.write(prompt + hyps[0].text + "\n")
+        t = Table(title=f"{len(hyps)} beams for {prompt!r}", title_justify="left")
+        for col in ("#", "score", "finish", "text"):
+            t.add_column(col)
+        for i, h in enumerate(hyps):
+            t.add_row(str(i), f"{h.score:.4f}", h.finish_reason, Text(h.text))
+        err_console.print(t)
 
 
 def _stream_one(prompt: str, events) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from seqserve.errors import SeqserveError
@@ -28,7 +30,7 @@ def torch_vs_ort(t: Target) -> list[CheckResult]:
                 for third in thirds:
                     sizes = {BATCH: b, SEQ: s, PAST: third[1] if third and third[0] == "past" else 0}
                     case = f"batch={b} sequence={s}" + (f" {third[0]}={third[1]}" if third else "")
-                    feeds = example_inputs(spec, sizes, rng)
+                    feeds = example_inputs(spec, sizes, rng, t.info.spec.io.get("vocab_size"))
                     if third == ("state", "zero"):
                         feeds = {k: np.zeros_like(v) if k in spec.state_inputs else v for k, v in feeds.items()}
                     rows += guarded("torch_vs_ort", g, case, lambda: _torch_vs_ort_case(t, g, case, feeds))
@@ -110,6 +112,7 @@ def _chunks(length: int, sizes: tuple[int, ...]) -> list[int]:
 
 def greedy_generation(t: Target) -> list[CheckResult]:
     from seqserve.generation import SamplingParams
+    from seqserve.generation.beam import BeamParams
 
     tok, c = t.info.tokenizer, t.config
     prompts = prompts_for(tok)
@@ -120,7 +123,9 @@ def greedy_generation(t: Target) -> list[CheckResult]:
     # the same seed gives the same draws, so only a probability difference could change a token).
     modes = {"greedy": SamplingParams(max_tokens=max(n, 1), greedy=True, stop_at_eos=False),
              f"sampled seed={c.seed}": SamplingParams(max_tokens=max(n, 1), temperature=1.0, seed=c.seed,
-                                                     stop_at_eos=False)}
+                                                     stop_at_eos=False),
+             # every hypothesis of a 4-beam search: the ranking too must not depend on the runtime
+             "beams=4": BeamParams(beams=4, max_tokens=max(n, 1), stop_at_eos=False)}
     rows = []
     for mode, params in modes.items():
         cases = [f"{mode} prompt={p!r} tokens={n}" for p in prompts]
@@ -133,14 +138,21 @@ def greedy_generation(t: Target) -> list[CheckResult]:
 
 def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n: int) -> list[CheckResult]:
     from seqserve.generation import generate_text
+    from seqserve.generation.beam import BeamParams, beam_texts
 
     if n < 1:
         raise Unusable(f"the model's context ({t.info.max_context}) leaves no room to generate")
     tok = t.info.tokenizer
     # Two prompts of different lengths in one batch: the GPT path also exercises left padding.
     step = t.info.spec.step.name
-    ref = generate_text(t.torch(step), tok, prompts, params, t.info.max_context)
-    got = generate_text(t.ort(step), tok, prompts, params, t.info.max_context)
+    if isinstance(params, BeamParams):
+        def run(backend):      # all hypotheses of each prompt, best first, as one token list
+            return [SimpleNamespace(tokens=[x for h in hyps for x in (*h.tokens, -1)], text=hyps[0].text)
+                    for hyps in beam_texts(backend, tok, prompts, params, t.info.max_context)]
+    else:
+        def run(backend):
+            return generate_text(backend, tok, prompts, params, t.info.max_context)
+    ref, got = run(t.torch(step)), run(t.ort(step))
     rows = []
     for case, a, b in zip(cases, got, ref):
         diff = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
