@@ -243,6 +243,9 @@ def test_sigterm_ends_every_stream_with_a_final_event_within_the_bound(served_re
             th.start()
             assert started.wait(30), "a stream produced nothing"
             threads.append(th)
+        # Let them run: a gRPC client (Python callback) reads slower than the model generates, and
+        # its final event must still come right after the drain, not after a backlog of pieces.
+        time.sleep(2.0)
         s.terminate()
         t_term = time.monotonic()
         assert s.proc.wait(drain + 30) == 0, s.log_tail()

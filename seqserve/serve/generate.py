@@ -123,16 +123,17 @@ class GenerateModel(ServedModelBase):
         self.worker.submit(s)
         try:
             while True:
-                ev = await s.events.get()
-                if isinstance(ev, BaseException):
-                    raise ev
-                text, finish = ev
+                text, finish, error = _coalesce(await s.events.get(), s.events)
+                if error is not None and not text:
+                    raise error
                 if finish is None and not text:
                     continue        # text held back (a possible stop string): nothing to send yet
                 out = {"text_output": np.array([text.encode()], dtype=object),
                        "finish_reason": np.array([(finish or "").encode()], dtype=object)}
                 params = {"triton_final_response": finish is not None}
                 yield self.response(req, out, params)
+                if error is not None:
+                    raise error
                 if finish is not None:
                     return
         finally:
@@ -148,6 +149,28 @@ class GenerateModel(ServedModelBase):
         out = {"text_output": np.array([b"".join(pieces)], dtype=object),
                "finish_reason": np.array([finish], dtype=object)}
         return self.response(req, out)
+
+
+def _coalesce(first, events: asyncio.Queue) -> tuple[str, str | None, BaseException | None]:
+    """`first` and every event already queued behind it, as one piece: (text, finish, error).
+
+    A client that reads slower than the model generates (a Python gRPC callback, a slow link)
+    gets the backlog in one response instead of one per token, so the queue never grows past
+    what one read clears, and a final event (finish_reason "shutdown" at the drain's end) reaches
+    it with its next read instead of after thousands of stale pieces."""
+    texts, finish, error, ev = [], None, None, first
+    while True:
+        if isinstance(ev, BaseException):
+            error = ev
+            break
+        texts.append(ev[0])
+        if ev[1] is not None:
+            finish = ev[1]
+            break
+        if events.empty():
+            break
+        ev = events.get_nowait()
+    return "".join(texts), finish, error
 
 
 def _text(v, what: str) -> str:
