@@ -29,6 +29,7 @@ from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
 
 SHUTDOWN_FINISH = "shutdown"      # finish_reason of streams the server ended when it stopped
+LAG_EVENTS = 64                   # queued pieces past which a lagging client gets them merged
 
 _NUMERIC = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
 
@@ -48,6 +49,7 @@ class _Stream:
     tokens: int = 0
     pending: int = -1                     # the token sampled last, to feed at the next step
     done: bool = field(default=False)
+    shutdown: bool = False                # ended by the server's shutdown: send the rest at once
 
 
 class GenerateModel(ServedModelBase):
@@ -123,7 +125,11 @@ class GenerateModel(ServedModelBase):
         self.worker.submit(s)
         try:
             while True:
-                text, finish, error = _coalesce(await s.events.get(), s.events)
+                first = await s.events.get()
+                # Merge the backlog only when the client lags far behind or the server is
+                # stopping; a client that keeps up gets one piece per token as before.
+                merge = s.shutdown or s.events.qsize() > LAG_EVENTS
+                text, finish, error = _coalesce(first, s.events) if merge else _one(first)
                 if error is not None and not text:
                     raise error
                 if finish is None and not text:
@@ -149,6 +155,10 @@ class GenerateModel(ServedModelBase):
         out = {"text_output": np.array([b"".join(pieces)], dtype=object),
                "finish_reason": np.array([finish], dtype=object)}
         return self.response(req, out)
+
+
+def _one(ev) -> tuple[str, str | None, BaseException | None]:
+    return ("", None, ev) if isinstance(ev, BaseException) else (ev[0], ev[1], None)
 
 
 def _coalesce(first, events: asyncio.Queue) -> tuple[str, str | None, BaseException | None]:
@@ -273,7 +283,7 @@ class _GenerationScheduler(Worker):
         replies = Replies()
         for s in [*self.rows, *self.waiting, *items]:
             if not s.done:
-                s.done = True
+                s.done = s.shutdown = True
                 replies.add(s.loop, s.events.put_nowait, event)
         self.rows, self.state = [], None
         self.waiting.clear()
