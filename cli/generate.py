@@ -13,7 +13,9 @@ from cli.common import console, err_console
 
 def command(
     export: Annotated[Optional[Path], typer.Argument(help="Export folder from `seqserve export` (or use --url).")] = None,
-    prompt: Annotated[list[str], typer.Option(help="Prompt text; repeat for a batch of prompts.")] = ...,
+    prompt: Annotated[Optional[list[str]], typer.Option(help="Prompt text; repeat for a batch of prompts. conditioned: an optional text prefix (one for every feature vector).")] = None,
+    features: Annotated[Optional[Path], typer.Option(help="conditioned only: a .npy file of feature vectors [N, F] (or [F]); one text each.")] = None,
+    examples: Annotated[bool, typer.Option("--examples", help="conditioned: run the held-out examples the export carries and show each next to its reference.")] = False,
     max_tokens: Annotated[int, typer.Option(help="New tokens per prompt.")] = 128,
     backend: Annotated[str, typer.Option(help="ort (ONNX Runtime) or torch (eager, from the export's checkpoint).")] = "ort",
     greedy: Annotated[bool, typer.Option("--greedy", help="Always take the most likely token.")] = False,
@@ -60,10 +62,24 @@ def command(
         from seqserve.runtime import RuntimeOptions, make_backend
 
         info = load_export(export)
+        once = _once_inputs(info, prompt, features, examples)
+        if once is not None:        # a chain that starts from features (conditioned)
+            if beams != 1:
+                raise SeqserveError("--beams does not run a chain of once graphs yet (conditioned); drop --beams")
+            from seqserve.runtime import make_chain
+
+            prompt, inputs, refs = once
+            be, chain = make_chain(info, backend, RuntimeOptions(device=device, intra_op_threads=threads))
+            return _show_conditioned(prompt, refs, generate(be, info.tokenizer, prompt, params, info.max_context,
+                                                            chain, inputs))
+        if not prompt:
+            raise SeqserveError("give --prompt TEXT (repeatable)")
         be = make_backend(info, backend, options=RuntimeOptions(device=device, intra_op_threads=threads))
         if beams != 1:
             return _beams(be, info, prompt, BeamParams(beams=beams, max_tokens=max_tokens, length_penalty=length_penalty))
         events = generate(be, info.tokenizer, prompt, params, info.max_context)
+    if not prompt:
+        raise SeqserveError("give --prompt TEXT (repeatable)")
     if len(prompt) == 1:
         _stream_one(prompt[0], events)
     else:
@@ -85,6 +101,56 @@ def _beams(backend, info, prompts: list[str], params) -> None:
         for i, h in enumerate(hyps):
             t.add_row(str(i), f"{h.score:.4f}", h.finish_reason, Text(h.text))
         err_console.print(t)
+
+
+def _once_inputs(info, prompt, features, examples):
+    """A task whose chain starts from features: (prompts, once inputs per prompt, references or
+    None); None for causal-lm (where --features/--examples are an error)."""
+    import numpy as np
+
+    from seqserve.errors import SeqserveError
+    from seqserve.tasks import conditioned
+    from seqserve.tasks.spec import FEATURES
+
+    if not info.spec.once:
+        if features is not None or examples:
+            raise SeqserveError(f"--features and --examples apply to the conditioned task; this export is {info.task}")
+        return None
+    if (features is None) == (not examples):
+        raise SeqserveError("this model generates from feature vectors: give --features FILE.npy or --examples")
+    width = info.spec.io["features"]
+    if examples:
+        feats, refs = conditioned.examples(info.raw, width)
+    else:
+        feats, refs = conditioned.load_features(features, width), None
+    prefixes = list(prompt or [""])
+    if len(prefixes) == 1:
+        prefixes *= len(feats)
+    if len(prefixes) != len(feats):
+        raise SeqserveError(f"give one --prompt for all {len(feats)} feature vectors, or one each; got {len(prefixes)}")
+    name = info.spec.once[0].name_of(FEATURES)
+    return prefixes, [{name: np.ascontiguousarray(feats[i:i + 1])} for i in range(len(feats))], refs
+
+
+def _show_conditioned(prefixes, refs, events) -> None:
+    from rich.table import Table
+
+    texts, reasons = [""] * len(prefixes), [""] * len(prefixes)
+    for ev in events:
+        texts[ev.index] += ev.text
+        reasons[ev.index] = ev.finish_reason or reasons[ev.index]
+    t = Table()
+    for col in ("#", "generated", *(("reference", "match") if refs else ()), "finish"):
+        t.add_column(col)
+    for i, (p, x) in enumerate(zip(prefixes, texts)):
+        row = [str(i), p + x]
+        if refs:
+            row += [refs[i], "yes" if p + x == refs[i] else "no"]
+        t.add_row(*row, reasons[i])
+    console.print(t)
+    if refs:
+        hits = sum(p + x == r for p, x, r in zip(prefixes, texts, refs))
+        console.print(f"exact match {hits}/{len(refs)}")
 
 
 def _stream_one(prompt: str, events) -> None:

@@ -21,7 +21,7 @@ MAY_CHANGE = "on --resume: the checkpoint's unless given"
 
 def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder to write (replaced atomically).")],
-    family: Annotated[Optional[str], typer.Option(help=f"Model family: rnn, lstm, gru or gpt. Default: lstm ({KEEP}).", show_default=False)] = None,
+    family: Annotated[Optional[str], typer.Option(help=f"Model family: rnn, lstm, gru or gpt; conditioned (text from a feature vector, trained on scikit-learn's digits: corpus/tokenizer/seq-len options do not apply). Default: lstm ({KEEP}).", show_default=False)] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"Size preset: tiny (tests) or small (demos). Default: tiny ({KEEP}).", show_default=False)] = None,
     corpus: Annotated[Optional[Path], typer.Option(help=f"Text file or folder. Default: the Python standard library's sources ({KEEP}).", show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total optimizer steps (>= 1; a resumed run continues up to it). Default: 200, or no step limit when only --minutes is given.", show_default=False)] = None,
@@ -104,6 +104,9 @@ def command(
         raise
     console.print(f"[green]saved[/] {escape(str(result.path))}  steps {result.steps}  "
                   f"validation {result.val_bpc:.3f} bits/char")
+    if "exact_match" in result.scores:            # conditioned: greedy text on held-out features
+        console.print(f"held-out exact match {result.scores['exact_match']:.3f}  "
+                      f"token accuracy {result.scores['token_accuracy']:.3f}")
     console.print(f"next: seqserve export {result.path} --out {result.path}-onnx", markup=False, highlight=False)
 
 

@@ -19,6 +19,8 @@ from seqserve.models import FAMILIES, build_model, config_from_dict, get_family,
 from conftest import ALL_FAMILIES
 
 FAMILY_TEST_MODULES = ("test_models", "test_export", "test_generation")
+# task -> the modules whose FAMILY_FACTS must name every family of that task
+TASK_TEST_MODULES = {"causal-lm": FAMILY_TEST_MODULES, "conditioned": ("test_conditioned",)}
 
 
 def _load_test_module(name: str):
@@ -34,14 +36,24 @@ def _load_test_module(name: str):
 @pytest.mark.parametrize("module", FAMILY_TEST_MODULES)
 def test_every_registered_family_has_tests(module):
     facts = _load_test_module(module).FAMILY_FACTS
-    missing, stale = set(FAMILIES) - set(facts), set(facts) - set(FAMILIES)
+    missing, stale = set(ALL_FAMILIES) - set(facts), set(facts) - set(ALL_FAMILIES)   # causal-lm ones
     assert not missing, f"{module}.py has no FAMILY_FACTS entry for registered families {sorted(missing)}"
     assert not stale, f"{module}.py has FAMILY_FACTS for unregistered families {sorted(stale)}"
 
 
 def test_parametrized_family_list_is_the_registry():
-    assert ALL_FAMILIES == sorted(FAMILIES)
-    assert {"rnn", "lstm", "gru", "gpt"} <= set(FAMILIES)
+    assert ALL_FAMILIES == sorted(f for f, fam in FAMILIES.items() if fam.task == "causal-lm")
+    assert {"rnn", "lstm", "gru", "gpt"} <= set(ALL_FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_of_every_task_has_tests(family):
+    task = FAMILIES[family].task
+    assert task in TASK_TEST_MODULES, (f"family {family} has task {task!r}, which no test module covers: add "
+                                       f"its modules to test_registry.TASK_TEST_MODULES")
+    for module in TASK_TEST_MODULES[task]:
+        facts = _load_test_module(module).FAMILY_FACTS
+        assert family in facts, f"{module}.py has no FAMILY_FACTS entry for the {task} family {family}"
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -65,6 +65,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
             "export_options": {"exporter": exporter, "opset": opset},
             "versions": {"seqserve": seqserve.__version__, **_versions("torch", "onnx", "onnxscript")},
             "training": ckpt.info.get("training", {}),
+            # a handful of held-out inputs with the expected output (classify, tag), from training
+            "examples": (ckpt.info.get("training") or {}).get("examples", []),
         })
     return load_export(out)
 

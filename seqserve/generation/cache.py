@@ -6,11 +6,17 @@ Built from the step graph's spec alone, so it works for every family:
   position, so rows of different lengths can share a batch with left padding.
 Merging pads each state tensor that has a `seq_axis` on the left (and masks the padding);
 fixed-size states are simply concatenated. Continuous batching uses the same merge/select.
+
+A task's chain may start the state from its `once` graphs (`start`: an init graph's outputs under
+the step graph's state input names) instead of zeros; `start` values for step inputs that are not
+state (role CONSTANT: encoder outputs, cross-attention K/V) are kept in `fixed` and fed unchanged
+at every step. Rows of `fixed` move with their sequence in merge/select/row, so a beam's
+`select([0, 0, 1])` copies them as it copies the state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,17 +29,26 @@ class DecodeState:
     state: dict                    # past input name -> tensor (numpy or backend-native)
     mask: np.ndarray | None        # (B, P) int64, only for graphs with an attention_mask
     positions: np.ndarray          # (B,) int64: position of each row's next token
+    fixed: dict = field(default_factory=dict)  # input name -> tensor fed unchanged every step (B first)
 
     @property
     def batch(self) -> int:
         return len(self.positions)
 
     @staticmethod
-    def empty(spec: GraphSpec, batch: int, backend) -> "DecodeState":
-        state = {t.name: backend.from_host(np.zeros(resolve_dims(t, {"batch": batch, "sequence": 0, PAST: 0}), t.dtype))
+    def empty(spec: GraphSpec, batch: int, backend, start: dict | None = None) -> "DecodeState":
+        """The state before the first token: zeros, or `start` (name -> array with `batch` rows:
+        what the task's once graphs computed for these sequences) where it names a graph input."""
+        start = start or {}
+        unknown = set(start) - set(spec.input_names)
+        if unknown:
+            raise ValueError(f"start values {sorted(unknown)} are not inputs of the {spec.name} graph")
+        state = {t.name: backend.from_host(np.ascontiguousarray(start[t.name]) if t.name in start else
+                                           np.zeros(resolve_dims(t, {"batch": batch, "sequence": 0, PAST: 0}), t.dtype))
                  for t in spec.inputs if t.name in spec.state_inputs}
+        fixed = {k: backend.from_host(np.ascontiguousarray(v)) for k, v in start.items() if k not in spec.state_inputs}
         mask = np.zeros((batch, 0), np.int64) if spec.has_attention_mask else None
-        return DecodeState(spec, state, mask, np.zeros(batch, np.int64))
+        return DecodeState(spec, state, mask, np.zeros(batch, np.int64), fixed)
 
     def feeds(self, input_ids: np.ndarray) -> dict:
         """Graph inputs for token ids (B, S): the tokens, the state, and (KV-cache graphs) the
@@ -43,6 +58,8 @@ class DecodeState:
         names = self.spec.roles
         feeds = {names[TOKENS]: input_ids if input_ids.dtype == np.int64 else input_ids.astype(np.int64)}
         feeds.update(self.state)
+        if self.fixed:
+            feeds.update(self.fixed)
         if self.mask is not None:
             feeds[names[MASK]] = np.concatenate([self.mask, np.ones((B, S), np.int64)], axis=1)
             feeds[names[POSITIONS]] = (self.positions[:, None] if S == 1
@@ -55,7 +72,7 @@ class DecodeState:
         names = self.spec.roles
         # The mask just fed already covers the new tokens: reuse it rather than build it again.
         return DecodeState(self.spec, state, feeds.get(names[MASK]),
-                           self.positions + feeds[names[TOKENS]].shape[1])
+                           self.positions + feeds[names[TOKENS]].shape[1], self.fixed)
 
     @staticmethod
     def merge(parts: list["DecodeState"], backend) -> "DecodeState":
@@ -73,7 +90,11 @@ class DecodeState:
         mask = None
         if parts[0].mask is not None:
             mask = np.concatenate([_left_pad(p.mask, 1, width - p.mask.shape[1]) for p in parts])
-        return DecodeState(spec, state, mask, np.concatenate([p.positions for p in parts]))
+        # Constants of equal shape stack on the batch axis (one padded along a source axis would
+        # need that axis and its mask named in the spec: seq2seq, not built yet).
+        fixed = {k: backend.from_host(np.concatenate([backend.to_host(p.fixed[k]) for p in parts]))
+                 for k in parts[0].fixed}
+        return DecodeState(spec, state, mask, np.concatenate([p.positions for p in parts]), fixed)
 
     def select(self, rows, backend) -> "DecodeState":
         """Keep only `rows` (finished sequences leave the batch).
@@ -95,7 +116,8 @@ class DecodeState:
             if cut and axes.get(k) is not None:
                 host = np.ascontiguousarray(np.take(host, np.arange(cut, host.shape[axes[k]]), axis=axes[k]))
             state[k] = backend.from_host(host)
-        return DecodeState(self.spec, state, mask, self.positions[rows])
+        fixed = {k: backend.from_host(backend.to_host(v)[rows]) for k, v in self.fixed.items()}
+        return DecodeState(self.spec, state, mask, self.positions[rows], fixed)
 
     def row(self, r: int, backend) -> "DecodeState":
         """Row r as a batch-1 state, without the left padding it only had for its batch-mates.
@@ -112,7 +134,8 @@ class DecodeState:
             if cut and axes.get(k) is not None:
                 idx += [slice(None)] * (axes[k] - 1) + [slice(cut, None)]
             state[k] = backend.from_host(backend.to_host(v)[tuple(idx)])
-        return DecodeState(self.spec, state, mask, self.positions[r:r + 1])
+        fixed = {k: backend.from_host(backend.to_host(v)[r:r + 1]) for k, v in self.fixed.items()}
+        return DecodeState(self.spec, state, mask, self.positions[r:r + 1], fixed)
 
 
 def _left_pad(a: np.ndarray, axis: int, n: int) -> np.ndarray:

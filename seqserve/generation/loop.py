@@ -6,6 +6,12 @@
     sample       seqserve.generation.sampling
     stop         max_tokens, <eos>, stop strings (text after a stop string is never shown)
 Finished sequences leave the batch, so they cost nothing in later steps.
+
+A task whose chain has `once` graphs (an `init` from features, an encoder) runs them first, per
+sequence, on that sequence's inputs (`once_inputs`); their outputs that the step graph takes by
+the same name (TaskSpec.links) become the step graph's starting state (`prefill(..., start=)`,
+DecodeState.empty). Such a `Chain` may also start every sequence from <bos>, so no prompt is
+needed. Without once graphs nothing changes: the state starts from zeros.
 """
 
 from __future__ import annotations
@@ -29,6 +35,27 @@ class TokenEvent:
     finish_reason: str | None  # None while running; "length" | "eos" | "stop" on the last event
 
 
+@dataclass(frozen=True)
+class Chain:
+    """What runs before the step graph for each sequence, and how a sequence starts."""
+
+    once: tuple = ()        # backends of the task's `once` graphs, in chain order (init, encoder)
+    bos: bool = False       # feed <bos> before the prompt (conditioned generation: prompt optional)
+
+
+def start_values(once, inputs: dict, step) -> dict:
+    """Run the `once` backends in chain order on one batch of inputs (name -> array); -> the
+    outputs the step graph (GraphSpec) takes as inputs, by name: its starting state, constants."""
+    values = dict(inputs)
+    for b in once:
+        missing = [n for n in b.spec.input_names if n not in values]
+        if missing:
+            raise SeqserveError(f"the {b.spec.name} graph needs inputs {missing}; got {sorted(inputs)}")
+        out = b.run({n: values[n] for n in b.spec.input_names})
+        values.update({k: b.to_host(v) for k, v in out.items()})
+    return {n: values[n] for n in step.input_names if n in values and n not in inputs}
+
+
 @dataclass
 class Completion:
     prompt: str
@@ -37,9 +64,10 @@ class Completion:
     finish_reason: str | None = None
 
 
-def prefill(backend, ids: list[int]) -> tuple[np.ndarray, DecodeState]:
-    """One prompt (batch 1) -> last-position logits (1, V) and its state."""
-    state = DecodeState.empty(backend.spec, 1, backend)
+def prefill(backend, ids: list[int], start: dict | None = None) -> tuple[np.ndarray, DecodeState]:
+    """One prompt (batch 1) -> last-position logits (1, V) and its state; `start`: the state (and
+    constants) to begin from, by step-graph input name, batch 1 (start_values), else zeros."""
+    state = DecodeState.empty(backend.spec, 1, backend, start)
     feeds = state.feeds(np.asarray([ids], np.int64))
     out = backend.run(feeds)
     return out[backend.spec.name_of(LOGITS)][:, -1], state.advance(feeds, out)
@@ -53,13 +81,19 @@ def decode_step(backend, state: DecodeState, tokens: np.ndarray) -> tuple[np.nda
 
 
 def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
-             max_context: int | None = None) -> Iterator[TokenEvent]:
+             max_context: int | None = None, chain: Chain = Chain(),
+             once_inputs: Sequence[dict] | None = None) -> Iterator[TokenEvent]:
     """Yield TokenEvents as tokens are produced, for every prompt, in batch.
 
+    chain / once_inputs: a task with once graphs (chain.once) gets one dict of their inputs per
+    prompt (e.g. {"features": [1, F]}); the step state starts from what they compute.
     Prompts are checked before this returns (not at the first next()), so a bad prompt fails
     before anything is printed or sent.
     """
-    encoded = [tokenizer.encode(p) for p in prompts]
+    if chain.once and (once_inputs is None or len(once_inputs) != len(prompts)):
+        raise SeqserveError(f"this task runs {[b.spec.name for b in chain.once]} first: give one set of their "
+                            f"inputs per prompt ({len(prompts)} prompts)")
+    encoded = [([tokenizer.bos_id] if chain.bos else []) + tokenizer.encode(p) for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
             raise SeqserveError(f"prompt {i} is empty; give at least one character")
@@ -67,12 +101,14 @@ def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
         if max_context is not None and len(ids) + params.max_tokens - 1 > max_context:
             raise SeqserveError(f"prompt {i} has {len(ids)} tokens; with max_tokens {params.max_tokens} it "
                                 f"exceeds the model's context of {max_context} positions")
-    return _decode(backend, tokenizer, encoded, params)
+    starts = [start_values(chain.once, x, backend.spec) for x in once_inputs] if chain.once else None
+    return _decode(backend, tokenizer, encoded, params, starts)
 
 
-def _decode(backend, tokenizer, encoded: list[list[int]], params: SamplingParams) -> Iterator[TokenEvent]:
+def _decode(backend, tokenizer, encoded: list[list[int]], params: SamplingParams,
+            starts: list[dict] | None = None) -> Iterator[TokenEvent]:
     rngs = make_rngs(params, len(encoded))
-    firsts = [prefill(backend, ids) for ids in encoded]
+    firsts = [prefill(backend, ids, starts[i] if starts else None) for i, ids in enumerate(encoded)]
     logits = np.concatenate([f[0] for f in firsts])
     state = DecodeState.merge([f[1] for f in firsts], backend)
     texts = [SequenceText(tokenizer, params) for _ in encoded]
@@ -94,9 +130,10 @@ def _decode(backend, tokenizer, encoded: list[list[int]], params: SamplingParams
 
 
 def generate_text(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
-                  max_context: int | None = None) -> list[Completion]:
+                  max_context: int | None = None, chain: Chain = Chain(),
+                  once_inputs: Sequence[dict] | None = None) -> list[Completion]:
     out = [Completion(p) for p in prompts]
-    for ev in generate(backend, tokenizer, prompts, params, max_context):
+    for ev in generate(backend, tokenizer, prompts, params, max_context, chain, once_inputs):
         c = out[ev.index]
         c.tokens.append(ev.token)
         c.text += ev.text

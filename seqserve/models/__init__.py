@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from seqserve.errors import SeqserveError
+from seqserve.models.conditioned import ConditionedConfig, ConditionedLM
 from seqserve.models.gpt import GPT, GPTConfig
 from seqserve.models.recurrent import RecurrentConfig, RecurrentLM
 
@@ -29,6 +30,7 @@ class Family:
     fixed: dict = dataclasses.field(default_factory=dict)  # fields the family pins (cell=...)
     recurrent: bool = True                # trained with truncated BPTT, state carried
     default_lr: float = 3e-3              # AdamW learning rate when the user gives none
+    task: str = "causal-lm"               # the task its spec() builds (seqserve.tasks.MODULES)
 
 
 _RNN_PRESETS = {
@@ -51,6 +53,12 @@ FAMILIES: dict[str, Family] = {
         # 3.4 at 2e-3 (no warmup schedule: higher rates stall on the unigram plateau).
         default_lr=5e-4,
     ),
+    # One-to-many: an LSTM/GRU LM whose initial state is a projection of a feature vector
+    # (trained on scikit-learn's 8x8 digits, seqserve/training/conditioned.py).
+    "conditioned": Family("conditioned", ConditionedConfig, ConditionedLM,
+                          {"tiny": dict(embed_dim=16, hidden_size=32, num_layers=1),
+                           "small": dict(embed_dim=32, hidden_size=128, num_layers=1)},
+                          recurrent=False, default_lr=1e-2, task="conditioned"),
 }
 
 
@@ -86,5 +94,5 @@ def build_model(family: str, config):
     return get_family(family).build(config)
 
 
-__all__ = ["FAMILIES", "Family", "GPT", "GPTConfig", "RecurrentConfig", "RecurrentLM",
+__all__ = ["ConditionedConfig", "ConditionedLM", "FAMILIES", "Family", "GPT", "GPTConfig", "RecurrentConfig", "RecurrentLM",
            "build_model", "config_from_dict", "get_family", "make_config"]

@@ -23,4 +23,15 @@ def make_backend(export_info, backend: str = "ort", graph: str = "step",
     raise SeqserveError(f"unknown backend {backend!r}; expected ort or torch")
 
 
-__all__ = ["OrtBackend", "RuntimeOptions", "create_session", "make_backend"]
+def make_chain(export_info, backend: str = "ort", options: RuntimeOptions = RuntimeOptions()):
+    """-> (the step graph's backend, the generation Chain: a backend per `once` graph of the task,
+    in chain order, and whether sequences start from <bos>). causal-lm: no once graphs."""
+    from seqserve.generation.loop import Chain
+
+    spec = export_info.spec
+    step = make_backend(export_info, backend, spec.step.name, options)
+    once = tuple(make_backend(export_info, backend, g.name, options) for g in spec.once)
+    return step, Chain(once, bool(spec.io.get("bos")))
+
+
+__all__ = ["OrtBackend", "RuntimeOptions", "create_session", "make_backend", "make_chain"]

@@ -1,6 +1,7 @@
 """Tasks: what a model's graphs are and how they chain (seqserve/tasks/spec.py), one module per task.
 
     causal-lm   full + step graphs over token ids -> logits; generation samples tokens
+    conditioned init (features -> initial state, once) + step + full; generation from a vector
 
 Each task module writes its graph and tensor names once and runs a torch model's graphs by
 tensor names (`run_graph`), for the exporter and the torch backend.
@@ -9,11 +10,11 @@ tensor names (`run_graph`), for the exporter and the torch backend.
 from __future__ import annotations
 
 from seqserve.errors import SeqserveError
-from seqserve.tasks import causal_lm
+from seqserve.tasks import causal_lm, conditioned
 from seqserve.tasks.causal_lm import causal_lm_spec
 from seqserve.tasks.spec import GraphSpec, TaskSpec
 
-MODULES = {causal_lm.NAME: causal_lm}
+MODULES = {causal_lm.NAME: causal_lm, conditioned.NAME: conditioned}
 TASKS = tuple(MODULES)
 CAUSAL_LM = causal_lm.NAME
 

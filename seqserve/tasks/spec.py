@@ -236,12 +236,17 @@ def resolve_dims(t: TensorSpec, sizes: dict[str, int]) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else sizes[d] for d in t.dims)
 
 
-def example_inputs(graph: GraphSpec, sizes: dict[str, int], rng) -> dict:
+def example_inputs(graph: GraphSpec, sizes: dict[str, int], rng, vocab: int | None = None) -> dict:
     """Valid random feeds for a graph, by role: token ids in the vocabulary, an all-ones mask,
-    the right positions, small random floats for everything else (state)."""
+    the right positions, small random floats for everything else (state). vocab: the token ids'
+    range; None: the graph's LOGITS width (a graph without LOGITS, a classifier's, needs it given:
+    the task's io["vocab_size"])."""
     import numpy as np
 
-    vocab = graph.role(LOGITS).dims[-1]
+    if vocab is None and graph.role(TOKENS) is not None:
+        if graph.role(LOGITS) is None:
+            raise ValueError(f"graph {graph.name!r} has token ids but no logits to size them by; pass vocab")
+        vocab = graph.role(LOGITS).dims[-1]
     past = sizes.get(PAST, 0)
     feeds = {}
     for t in graph.inputs:

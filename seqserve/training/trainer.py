@@ -24,6 +24,8 @@ from seqserve.models import build_model, get_family, make_config
 
 DEFAULT_STEPS = 200
 UNBOUNDED_STEPS = 1_000_000_000   # "train until --minutes runs out": more steps than any budget allows
+# task -> module whose train(cfg, out, resume, progress) trains families of that task
+TASK_TRAINERS = {"conditioned": "seqserve.training.conditioned"}
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -79,11 +81,16 @@ class TrainResult:
     train_bpc: float
     val_bpc: float
     history: list[dict]
+    scores: dict = field(default_factory=dict)   # task-specific held-out scores (exact_match, ...)
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, progress=None) -> TrainResult:
     """Train and save a checkpoint folder at `out`. `progress(step, total, metrics)` is called often."""
     fam = get_family(cfg.family)
+    if fam.task in TASK_TRAINERS:                 # other tasks: their own batches and loss
+        import importlib
+
+        return importlib.import_module(TASK_TRAINERS[fam.task]).train(cfg, out, resume, progress)
     check_replaceable(Path(out), "config.json")   # fail now, not at the save after the run
     torch.manual_seed(cfg.seed)
     corpus = load_corpus(cfg.corpus, cfg.max_corpus_bytes)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from seqserve.errors import SeqserveError
-from seqserve.tasks.spec import BATCH, LOGITS, PAST, SEQ, TOKENS, example_inputs
+from seqserve.tasks.spec import BATCH, LOGITS, PAST, SEQ, TOKENS, example_inputs, resolve_dims
 from seqserve.validate.compare import compare
 from seqserve.validate.results import CheckResult
 from seqserve.validate.target import Target, Unusable, guarded
@@ -66,7 +66,12 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
     length = min(length, t.info.max_context or length)
     full_spec, step_spec = t.info.spec.full, t.info.spec.step
     vocab = full_spec.role(LOGITS).dims[-1]
-    ids = np.random.default_rng(c.seed).integers(0, vocab, (batch, length), dtype=np.int64)
+    rng = np.random.default_rng(c.seed)
+    ids = rng.integers(0, vocab, (batch, length), dtype=np.int64)
+    # What the full graph takes besides tokens (features): the chain's once graphs take it too,
+    # and the step state starts from their outputs (TaskSpec.links).
+    cond = {k: v for k, v in example_inputs(full_spec, {BATCH: batch, SEQ: length}, rng).items()
+            if k != full_spec.name_of(TOKENS)}
     head = min(5, length)
     schedules = {
         "token by token": [1] * length,
@@ -75,9 +80,13 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
     }
 
     def run(name: str, chunks: list[int]) -> list[CheckResult]:
-        full = t.ort(full_spec.name).run({full_spec.name_of(TOKENS): ids})[full_spec.name_of(LOGITS)]
+        from seqserve.generation import start_values
+
+        full = t.ort(full_spec.name).run({**cond, full_spec.name_of(TOKENS): ids})[full_spec.name_of(LOGITS)]
         step = t.ort(step_spec.name)
-        state, parts, pos = DecodeState.empty(step.spec, batch, step), [], 0
+        once = [t.ort(g.name) for g in t.info.spec.once]
+        start = start_values(once, cond, step_spec) if once else None
+        state, parts, pos = DecodeState.empty(step.spec, batch, step, start), [], 0
         for n in chunks:
             feeds = state.feeds(ids[:, pos:pos + n])
             out = step.run(feeds)
@@ -116,6 +125,8 @@ def greedy_generation(t: Target) -> list[CheckResult]:
 
     tok, c = t.info.tokenizer, t.config
     prompts = prompts_for(tok)
+    if t.info.spec.once:       # conditioned: no prompt needed (<bos> first), and a text prefix
+        prompts = ["", prompts[0]]
     longest = max(len(tok.encode(p)) for p in prompts)
     n = c.generate_tokens if t.info.max_context is None else min(c.generate_tokens, t.info.max_context - longest)
     # Greedy, plus seeded sampling at temperature 1: a briefly trained model often decodes to one
@@ -126,6 +137,8 @@ def greedy_generation(t: Target) -> list[CheckResult]:
                                                      stop_at_eos=False),
              # every hypothesis of a 4-beam search: the ranking too must not depend on the runtime
              "beams=4": BeamParams(beams=4, max_tokens=max(n, 1), stop_at_eos=False)}
+    if t.info.spec.once:
+        modes.pop("beams=4")   # beam_search starts from zeros: no chain of once graphs yet
     rows = []
     for mode, params in modes.items():
         cases = [f"{mode} prompt={p!r} tokens={n}" for p in prompts]
@@ -145,13 +158,14 @@ def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n:
     tok = t.info.tokenizer
     # Two prompts of different lengths in one batch: the GPT path also exercises left padding.
     step = t.info.spec.step.name
+    chain = _chain_for(t, len(prompts))
     if isinstance(params, BeamParams):
         def run(backend):      # all hypotheses of each prompt, best first, as one token list
             return [SimpleNamespace(tokens=[x for h in hyps for x in (*h.tokens, -1)], text=hyps[0].text)
                     for hyps in beam_texts(backend, tok, prompts, params, t.info.max_context)]
     else:
         def run(backend):
-            return generate_text(backend, tok, prompts, params, t.info.max_context)
+            return generate_text(backend, tok, prompts, params, t.info.max_context, *chain(backend.name))
     ref, got = run(t.torch(step)), run(t.ort(step))
     rows = []
     for case, a, b in zip(cases, got, ref):
@@ -166,6 +180,29 @@ def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n:
             f"first difference at generated token {diff}: torch {b.tokens[diff:diff + 1]} vs ort "
             f"{a.tokens[diff:diff + 1]}; torch {b.text[:40]!r}, ort {a.text[:40]!r}")))
     return rows
+
+
+def _chain_for(t: Target, n: int):
+    """chain(backend name) -> (Chain, once inputs per prompt) for the decoding loop; a task without
+    once graphs gets the plain loop. The once inputs are the sidecar's held-out examples (real
+    features give real text), else random by role."""
+    from seqserve.generation import Chain
+
+    once = t.info.spec.once
+    if not once:
+        return lambda kind: ()
+    need = {i.name: i for g in once for i in g.inputs if i.name not in {o for h in once for o in h.output_names}}
+    examples = [e for e in t.info.raw.get("examples", []) if isinstance(e, dict) and set(need) <= set(e)]
+    rng = np.random.default_rng(t.config.seed)
+    inputs = []
+    for i in range(n):
+        if i < len(examples):
+            inputs.append({k: np.asarray([examples[i][k]], dtype=need[k].dtype) for k in need})
+        else:
+            inputs.append({k: (0.5 * rng.standard_normal(resolve_dims(v, {BATCH: 1}))).astype(v.dtype)
+                           for k, v in need.items()})
+    bos = bool(t.info.spec.io.get("bos"))
+    return lambda kind: (Chain(tuple(getattr(t, kind)(g.name) for g in once), bos), inputs)
 
 
 def prompts_for(tok) -> list[str]:

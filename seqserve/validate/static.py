@@ -97,4 +97,26 @@ def sidecar(t: Target) -> list[CheckResult]:
                 CheckResult("sidecar", "full+step", "spec == checkpoint model's spec", same_spec,
                             detail="identical" if same_spec else "tensor names, dims or state pairs differ")]
 
-    return rows + guarded("sidecar", "full+step", "against checkpoint/", against_checkpoint)
+    return rows + _feature_rows(info) + guarded("sidecar", "full+step", "against checkpoint/", against_checkpoint)
+
+
+def _feature_rows(info) -> list[CheckResult]:
+    """io["features"] (the width clients are told) == every FEATURES tensor's width == every held-out
+    example's; nothing for a task without features."""
+    from seqserve.tasks.spec import FEATURES
+
+    if "features" not in info.spec.io:
+        return []
+    width = info.spec.io["features"]
+    tensors = [(g.name, t) for g in info.spec.graphs.values() for t in g.inputs if t.role == FEATURES]
+    bad = [f"{g}.{t.name} is {t.dims[-1]} wide" for g, t in tensors if t.dims[-1] != width]
+    rows = [CheckResult("sidecar", "+".join(g for g, _ in tensors) or "none", "io features == graph feature width",
+                        bool(tensors) and not bad,
+                        detail="; ".join(bad) or (f"{width} features in {len(tensors)} graphs" if tensors
+                                                  else "no graph takes a features tensor"))]
+    examples = [e for e in info.raw.get("examples", []) if isinstance(e, dict) and "features" in e]
+    widths = sorted({len(e["features"]) for e in examples if isinstance(e["features"], list)})
+    rows.append(CheckResult("sidecar", "examples", "examples' feature width == io features",
+                            widths in ([], [width]) and len(widths) == (1 if examples else 0),
+                            detail=f"{len(examples)} examples, widths {widths}; io says {width}"))
+    return rows

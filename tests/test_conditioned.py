@@ -1,0 +1,160 @@
+"""The conditioned task (one-to-many, from a feature vector) through the chain: the task spec and
+its links, the model's graphs, the decoding loop starting its step state from the init graph,
+train -> export -> validate -> generate (torch == ORT), package and serve.
+
+The model trains on scikit-learn's bundled 8x8 digits (no download): 30 steps of the tiny preset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error, run
+
+from seqserve.models import FAMILIES, build_model, make_config
+from seqserve.tasks.spec import FEATURES, ONCE, STATE
+
+# Per family of the conditioned task (test_registry checks every such family has an entry).
+FAMILY_FACTS = {"conditioned": {"cells": ("gru", "lstm"), "states": {"gru": 1, "lstm": 2}}}
+
+
+def tiny(cell="gru", **kw):
+    return build_model("conditioned", make_config("conditioned", "tiny", 20, cell=cell, **kw)).eval()
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    from seqserve.export import export_checkpoint
+    from seqserve.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("conditioned")
+    ckpt = train(TrainConfig(family="conditioned", preset="tiny", steps=30, eval_every=30, batch_size=32),
+                 root / "ckpt").path
+    return export_checkpoint(ckpt, root / "export").path
+
+
+@pytest.mark.parametrize("cell", FAMILY_FACTS["conditioned"]["cells"])
+def test_spec_links_init_outputs_to_the_step_state(cell):
+    spec = tiny(cell).spec()
+    assert spec.task == "conditioned" and spec.family in FAMILIES
+    assert [g.name for g in spec.once] == ["init"] and spec.graph("init").runs == ONCE
+    n = FAMILY_FACTS["conditioned"]["states"][cell]
+    assert spec.links() == [("init", p.input, "step") for p in spec.step.state] and len(spec.links()) == n
+    assert all(t.role == STATE for t in spec.graph("init").outputs)
+    assert spec.full.role(FEATURES).dims == ("batch", 64) and spec.io["features"] == 64
+    assert spec.io.get("bos") is True
+
+
+@pytest.mark.parametrize("cell", FAMILY_FACTS["conditioned"]["cells"])
+def test_init_once_then_steps_equals_the_full_graph_in_torch(cell):
+    from seqserve.tasks import run_graph
+
+    model, g = tiny(cell), torch.Generator().manual_seed(0)
+    spec = model.spec()
+    feats, ids = torch.rand(3, 64, generator=g), torch.randint(0, 20, (3, 7), generator=g)
+    full = run_graph(model, spec, spec.full, {"features": feats, "input_ids": ids})["logits"]
+    state = run_graph(model, spec, spec.graph("init"), {"features": feats})
+    parts = []
+    for a, b in ((0, 1), (1, 4), (4, 7)):
+        out = run_graph(model, spec, spec.step, {"input_ids": ids[:, a:b], **state})
+        parts.append(out["logits"])
+        state = {p.input: out[p.output] for p in spec.step.state}
+    torch.testing.assert_close(torch.cat(parts, 1), full)
+
+
+def test_decode_state_carries_start_values_and_fixed_rows_through_merge_select_row():
+    from seqserve.generation import DecodeState
+    from seqserve.tasks.spec import CONSTANT, GraphSpec, StatePair, TensorSpec
+
+    class Host:                                   # a backend whose tensors are numpy already
+        def to_host(self, v):
+            return v
+
+        def from_host(self, v):
+            return v
+
+    # A seq2seq-like step graph: fixed state h plus a constant (encoder outputs) fed every step.
+    spec = GraphSpec("step", (TensorSpec("ids", "int64", ("batch", "sequence"), "token_ids"),
+                              TensorSpec("h", "float32", ("batch", 2), STATE),
+                              TensorSpec("memory", "float32", ("batch", 3), CONSTANT)),
+                     (TensorSpec("logits", "float32", ("batch", "sequence", 5), "logits"),
+                      TensorSpec("h_out", "float32", ("batch", 2), STATE)), (StatePair("h", "h_out"),))
+    b = Host()
+    parts = [DecodeState.empty(spec, 1, b, {"h": np.full((1, 2), i, np.float32),
+                                            "memory": np.full((1, 3), 10 + i, np.float32)}) for i in range(3)]
+    st = DecodeState.merge(parts, b)
+    feeds = st.feeds(np.zeros((3, 1), np.int64))
+    assert feeds["h"][:, 0].tolist() == [0, 1, 2] and feeds["memory"][:, 0].tolist() == [10, 11, 12]
+    st = st.advance(feeds, {"logits": None, "h_out": feeds["h"] + 1})
+    beams = st.select([2, 2, 0], b)                # beams reorder rows by index: constants follow
+    assert beams.feeds(np.zeros((3, 1), np.int64))["memory"][:, 0].tolist() == [12, 12, 10]
+    assert beams.state["h"][:, 0].tolist() == [3, 3, 1]
+    assert st.row(1, b).fixed["memory"].tolist() == [[11, 11, 11]]
+    assert DecodeState.empty(spec, 2, b).state["h"].tolist() == [[0, 0], [0, 0]]   # no start: zeros
+    with pytest.raises(ValueError, match="not inputs"):
+        DecodeState.empty(spec, 1, b, {"bogus": np.zeros(1)})
+
+
+def test_export_carries_three_graphs_examples_and_the_feature_width(export):
+    from seqserve.export import load_export
+
+    info = load_export(export)
+    assert sorted(info.raw["graphs"]) == ["full", "init", "step"]
+    assert info.spec.io["features"] == 64
+    ex = info.raw["examples"]
+    assert len(ex) >= 4 and all(len(e["features"]) == 64 and e["text"] for e in ex)
+    assert len({e["text"] for e in ex}) == len(ex)           # one per digit: distinct references
+
+
+def test_validate_passes_every_check(export):
+    from seqserve.validate import validate_export
+
+    report = validate_export(export)
+    assert report.passed, [r for r in report.checks if not r.passed]
+    summary = report.summary()
+    for check in ("onnx_checker", "dynamic_axes", "sidecar", "torch_vs_ort", "incremental_vs_full",
+                  "greedy_generation"):
+        assert summary[check]["passed"] and summary[check]["rows"] > 0, check
+    cases = [r.case for r in report.rows("sidecar")]
+    assert "io features == graph feature width" in cases
+    assert {r.graph for r in report.rows("torch_vs_ort")} == {"init", "step", "full"}
+
+
+def _generate(export, backend, params):
+    from seqserve.export import load_export
+    from seqserve.generation import generate_text
+    from seqserve.runtime import make_chain
+    from seqserve.tasks.conditioned import examples
+
+    info = load_export(export)
+    feats, refs = examples(info.raw, 64)
+    step, chain = make_chain(info, backend)
+    return generate_text(step, info.tokenizer, [""] * len(feats), params, None, chain,
+                         [{"features": feats[i:i + 1]} for i in range(len(feats))])
+
+
+def test_generation_is_identical_through_ort_and_torch(export):
+    from seqserve.generation import SamplingParams
+
+    for params in (SamplingParams(max_tokens=8, greedy=True), SamplingParams(max_tokens=8, temperature=1.0, seed=3)):
+        a, b = _generate(export, "ort", params), _generate(export, "torch", params)
+        assert [c.tokens for c in a] == [c.tokens for c in b]
+        assert all(c.tokens for c in a)
+
+
+def test_cli_generate_examples_and_features(export, tmp_path):
+    for backend in ("ort", "torch"):
+        res = run("generate", export, "--examples", "--greedy", "--max-tokens", 8, "--backend", backend)
+        assert res.exit_code == 0, res.output
+        assert "reference" in res.output and "exact match" in res.output
+    good, bad, nan = tmp_path / "good.npy", tmp_path / "bad.npy", tmp_path / "nan.npy"
+    np.save(good, np.random.default_rng(0).random((2, 64), dtype=np.float32))
+    np.save(bad, np.zeros((2, 3), np.float32))
+    np.save(nan, np.full((1, 64), np.nan, np.float32))
+    res = run("generate", export, "--features", good, "--greedy", "--max-tokens", 6)
+    assert res.exit_code == 0 and res.output.count("│ 0 │") == 1, res.output
+    assert_one_line_error(run("generate", export, "--features", bad), "[N, 64]", "[2, 3]")
+    assert_one_line_error(run("generate", export, "--features", nan), "NaN")
+    assert_one_line_error(run("generate", export), "--features", "--examples")
+    assert_one_line_error(run("generate", export, "--examples", "--beams", 2), "--beams")
