@@ -24,6 +24,7 @@ COMMANDS = {
     "export": "cli.export",
     "validate": "cli.validate",
     "generate": "cli.generate",
+    "classify": "cli.classify",
     "bench": "cli.bench",
     "package": "cli.package",
     "serve": "cli.serve",

@@ -35,6 +35,8 @@ def command(
     layers: Annotated[Optional[int], typer.Option(help=f"Override the preset's layer count (1-4 for recurrent) ({KEEP}).", show_default=False)] = None,
     nonlinearity: Annotated[Optional[str], typer.Option(help=f"rnn only: tanh or relu. Default: tanh ({KEEP}).", show_default=False)] = None,
     positional: Annotated[Optional[str], typer.Option(help=f"gpt only: learned or sinusoidal. Default: learned ({KEEP}).", show_default=False)] = None,
+    encoder: Annotated[Optional[str], typer.Option(help=f"classifier/tagger only: rnn, lstm, gru or transformer. Default: lstm ({KEEP}).", show_default=False)] = None,
+    bidirectional: Annotated[Optional[bool], typer.Option("--bidirectional/--no-bidirectional", help=f"tagger with a recurrent encoder only: read both ways (then no step graph). Default: off ({KEEP}).", show_default=False)] = None,
     tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", help=f"Share embedding and head weights. Default: on for gpt, off for rnn/lstm/gru; tying a recurrent model widens its embedding to the preset's hidden size ({KEEP}).", show_default=False)] = None,
     max_corpus_mb: Annotated[Optional[float], typer.Option(help=f"Read at most this much text. Default: 4.0 ({KEEP}).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. Default: 0 ({MAY_CHANGE}).", show_default=False)] = None,
@@ -72,7 +74,10 @@ def command(
         start = 0
         fam = get_family(family or DEFAULTS["family"])
         _check_family_flags(fam.name, nonlinearity, positional)
-        overrides = {"nonlinearity": nonlinearity, "positional": positional, "tie_weights": tie_weights}
+        overrides = {"nonlinearity": nonlinearity, "positional": positional, "tie_weights": tie_weights,
+                     "encoder": encoder, "bidirectional": bidirectional}
+        if (encoder is not None or bidirectional is not None) and fam.name not in ("classifier", "tagger"):
+            raise SeqserveError(f"--encoder/--bidirectional apply to --family classifier or tagger, not {fam.name}")
         if layers is not None:
             overrides["n_layers" if fam.name == "gpt" else "num_layers"] = layers
         given = dict(preset=preset, batch_size=batch_size, seq_len=seq_len, tokenizer=tokenizer)
@@ -90,7 +95,11 @@ def command(
                                 total=None if cfg.steps == UNBOUNDED_STEPS else cfg.steps)
 
             def report(step, total, m):
-                text = f"train {m['train_bpc']:.3f} bpc" + (f"  val {m['val_bpc']:.3f} bpc" if "val_bpc" in m else "")
+                if "train_loss" in m:             # classify / tag: loss and held-out accuracy
+                    text = f"train loss {m['train_loss']:.3f}" + (
+                        f"  held-out accuracy {m['val_accuracy']:.3f}" if "val_accuracy" in m else "")
+                else:
+                    text = f"train {m['train_bpc']:.3f} bpc" + (f"  val {m['val_bpc']:.3f} bpc" if "val_bpc" in m else "")
                 bar.update(task, completed=step, metrics=text)
 
             result = train(cfg, out, resume=resume, progress=report)
@@ -102,8 +111,12 @@ def command(
         else:
             console.print("[yellow]interrupted[/] before the first step finished: nothing saved")
         raise
-    console.print(f"[green]saved[/] {escape(str(result.path))}  steps {result.steps}  "
-                  f"validation {result.val_bpc:.3f} bits/char")
+    if "val_accuracy" in result.scores:
+        console.print(f"[green]saved[/] {escape(str(result.path))}  steps {result.steps}  "
+                      f"held-out accuracy {result.scores['val_accuracy']:.3f}")
+    else:
+        console.print(f"[green]saved[/] {escape(str(result.path))}  steps {result.steps}  "
+                      f"validation {result.val_bpc:.3f} bits/char")
     if "exact_match" in result.scores:            # conditioned: greedy text on held-out features
         console.print(f"held-out exact match {result.scores['exact_match']:.3f}  "
                       f"token accuracy {result.scores['token_accuracy']:.3f}")

@@ -205,8 +205,10 @@ MALFORMED_JSON = [
     (body_of({"inputs": [], "outputs": [{"name": "y"}, {"name": "y"}]}), "requested twice"),
     (body_of({"inputs": [], "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]}),
      "binary_data must be true or false"),
-    (body_of({"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 2}}]}),
-     "classification"),
+    (body_of({"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 0}}]}),
+     "classification must be a whole number >= 1"),
+    (body_of({"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": "2"}}]}),
+     "classification must be a whole number >= 1"),
 ]
 
 
@@ -339,7 +341,9 @@ GRPC_MALFORMED = [
     (lambda m: m.inputs[0].parameters["shared_memory_region"].MergeFrom(
         pb.InferParameter(string_param="r")), "shared memory"),
     (lambda m: m.outputs.add(name="y").parameters["classification"].MergeFrom(
-        pb.InferParameter(int64_param=3)), "classification"),
+        pb.InferParameter(int64_param=-3)), "classification must be a whole number >= 1"),
+    (lambda m: m.outputs.add(name="y").parameters["classification"].MergeFrom(
+        pb.InferParameter(string_param="3")), "classification must be a whole number >= 1"),
     (lambda m: (m.outputs.add(name="y"), m.outputs.add(name="y")), "repeated"),
 ]
 

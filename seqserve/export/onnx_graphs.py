@@ -48,7 +48,7 @@ class GraphModule(torch.nn.Module):
 def export_graph(model, graph: GraphSpec, path, exporter: str, opset: int) -> None:
     # Distinct, >1 example sizes: torch.export specializes sizes 0/1 and unifies equal sizes.
     feeds = example_inputs(graph, {"batch": 2, "sequence": 3, "past_sequence": 5},
-                           np.random.default_rng(0))
+                           np.random.default_rng(0), model.spec().io.get("vocab_size"))
     args = tuple(torch.from_numpy(feeds[n]) for n in graph.input_names)
     module = GraphModule(model, graph).eval()
     kwargs = dict(input_names=graph.input_names, output_names=graph.output_names, opset_version=opset)

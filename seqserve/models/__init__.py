@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from seqserve.errors import SeqserveError
+from seqserve.models.encoder import EncoderConfig, SequenceEncoderModel
 from seqserve.models.conditioned import ConditionedConfig, ConditionedLM
 from seqserve.models.gpt import GPT, GPTConfig
 from seqserve.models.recurrent import RecurrentConfig, RecurrentLM
@@ -38,6 +39,11 @@ _RNN_PRESETS = {
     "small": dict(embed_dim=128, hidden_size=256, num_layers=2, dropout=0.1),
 }
 
+_ENCODER_PRESETS = {
+    "tiny": dict(embed_dim=32, hidden_size=64, num_layers=1, n_heads=2, max_seq_len=128),
+    "small": dict(embed_dim=64, hidden_size=192, num_layers=1, n_heads=4, max_seq_len=256, dropout=0.1),
+}
+
 FAMILIES: dict[str, Family] = {
     "rnn": Family("rnn", RecurrentConfig, RecurrentLM, _RNN_PRESETS, {"cell": "rnn"}),
     "lstm": Family("lstm", RecurrentConfig, RecurrentLM, _RNN_PRESETS, {"cell": "lstm"}),
@@ -53,6 +59,11 @@ FAMILIES: dict[str, Family] = {
         # 3.4 at 2e-3 (no warmup schedule: higher rates stall on the unigram plateau).
         default_lr=5e-4,
     ),
+    # Many-to-one / many-to-many (seqserve/models/encoder.py); labels come from the data.
+    "classifier": Family("classifier", EncoderConfig, SequenceEncoderModel, _ENCODER_PRESETS,
+                         {"head": "classify"}, recurrent=False, task="classify"),
+    "tagger": Family("tagger", EncoderConfig, SequenceEncoderModel, _ENCODER_PRESETS,
+                     {"head": "tag"}, recurrent=False, task="tag"),
     # One-to-many: an LSTM/GRU LM whose initial state is a projection of a feature vector
     # (trained on scikit-learn's 8x8 digits, seqserve/training/conditioned.py).
     "conditioned": Family("conditioned", ConditionedConfig, ConditionedLM,
@@ -94,5 +105,5 @@ def build_model(family: str, config):
     return get_family(family).build(config)
 
 
-__all__ = ["ConditionedConfig", "ConditionedLM", "FAMILIES", "Family", "GPT", "GPTConfig", "RecurrentConfig", "RecurrentLM",
-           "build_model", "config_from_dict", "get_family", "make_config"]
+__all__ = ["ConditionedConfig", "ConditionedLM", "FAMILIES", "EncoderConfig", "Family", "GPT", "GPTConfig", "RecurrentConfig", "RecurrentLM",
+           "SequenceEncoderModel", "build_model", "config_from_dict", "get_family", "make_config"]

@@ -33,7 +33,8 @@ from seqserve.export.sidecar import SIDECAR, ExportInfo, load_export
 from seqserve import io as sio
 from seqserve.io import atomic_write_text, check_replaceable
 from seqserve.package.triton_gpu_graphs import backend_problems, write_backend_graph
-from seqserve.package.triton_config import (KIND_GRAPH, KINDS, ModelConfig, PackageOptions, build_configs,
+from seqserve.package.triton_config import (KIND_GRAPH, KINDS, ModelConfig, PackageOptions, build_configs, label_files,
+                                            served_graphs,
                                             check_against_onnx, kind_of, parse_config, target_of,
                                             to_pbtxt, type_name)
 
@@ -67,6 +68,7 @@ class ServedVersion:
     kind: str             # "full" | "step" | "generate"
     graph: str            # "full" | "step"
     info: ExportInfo      # info.graph_path(graph) is this folder's model.onnx
+    once: tuple[str, ...] = ()   # generate of a chain task: graphs run first per sequence (init), `<graph>.onnx`
 
     @property
     def model_path(self) -> Path:
@@ -206,9 +208,12 @@ def load_version(version_dir: str | Path) -> ServedVersion:
     graph = serve["graph"]
     if not isinstance(info.raw.get("graphs"), dict) or graph not in info.raw["graphs"]:
         raise SeqserveError(f"{version_dir / SIDECAR} lists no file for its {graph} graph")
-    if not info.graph_path(graph).is_file():
-        raise SeqserveError(f"version folder {version_dir} is missing {info.graph_path(graph).name}")
-    return ServedVersion(kind, graph, info)
+    once = tuple(serve.get("once", ()))
+    for g in (graph, *once):
+        if g not in info.raw["graphs"] or not info.graph_path(g).is_file():
+            raise SeqserveError(f"version folder {version_dir} is missing its {g} graph "
+                                f"{info.raw['graphs'].get(g, g + '.onnx')}")
+    return ServedVersion(kind, graph, info, once)
 
 
 def load_resolved(model_dir: str | Path, version: int, folder: Path | None = None) -> ServedVersion:
@@ -245,6 +250,8 @@ def package_export(export_dir: str | Path, repository: str | Path, name: str | N
     for model, cfg in configs.items():
         graph = KIND_GRAPH[kinds[model]]
         problems = check_against_onnx(cfg, info.graph_path(graph), info.graph(graph)) + backend_problems(cfg, info)
+        for g in served_graphs(info.spec, kinds[model])[1:]:   # the chain's once graphs (generate)
+            problems += [f"{g}.onnx: {p}" for p in _signature_problems(info, g)]
         if problems:
             raise SeqserveError(f"the {model} config does not agree with {info.graph_path(graph)}: "
                                 + "; ".join(problems))
@@ -293,6 +300,8 @@ def _write(repository: Path, info: ExportInfo, configs: dict[str, ModelConfig], 
                 outer.append(hidden)
                 build = hidden / model
                 build.mkdir()
+                for fname, text in label_files(info, cfg).items():     # classify: labels.txt
+                    atomic_write_text(build / fname, text)
                 atomic_write_text(build / CONFIG, to_pbtxt(cfg))
             else:
                 build = model_dir
@@ -301,6 +310,8 @@ def _write(repository: Path, info: ExportInfo, configs: dict[str, ModelConfig], 
             if not new:
                 staged[model] = folder
             _link_or_copy(info.graph_path(KIND_GRAPH[kinds[model]]), folder / MODEL_FILE)
+            for g in served_graphs(info.spec, kinds[model])[1:]:
+                _link_or_copy(info.graph_path(g), folder / f"{g}.onnx")
             write_backend_graph(cfg, info, folder)      # triton-gpu: the graph Triton's backend loads
             if cfg.backend == "python":
                 (folder / PYTHON_MODEL).write_text(PYTHON_MODEL_TEXT)
@@ -326,6 +337,8 @@ def _write(repository: Path, info: ExportInfo, configs: dict[str, ModelConfig], 
         _publish(staged[model], repository / model / str(version))
     for model, cfg in configs.items():
         if repository / model not in made:
+            for fname, text in label_files(info, cfg).items():
+                atomic_write_text(repository / model / fname, text)
             atomic_write_text(repository / model / CONFIG, to_pbtxt(cfg))
     return [PackagedModel(model, version, kinds[model], repository / model / str(version), cfg)
             for model, cfg in configs.items()]
@@ -384,13 +397,22 @@ def recover_repository(repository: str | Path) -> None:
 def served_sidecar(info: ExportInfo, kind: str, package: dict | None = None) -> dict:
     """The export sidecar for one served version: only its graph, named model.onnx, plus `serve`
     (and `package`: {id, created, models, version}, which makes the version part of a group)."""
-    graph = KIND_GRAPH[kind]
+    graph, *once = served_graphs(info.spec, kind)
     raw = copy.deepcopy(info.raw)
-    raw["graphs"] = {graph: MODEL_FILE}
-    raw["serve"] = {"kind": kind, "graph": graph}
+    raw["graphs"] = {graph: MODEL_FILE, **{g: f"{g}.onnx" for g in once}}
+    raw["serve"] = {"kind": kind, "graph": graph, **({"once": once} if once else {})}
     if package is not None:
         raw[PACKAGE] = dict(package)
     return raw
+
+
+def _signature_problems(info: ExportInfo, graph: str) -> list[str]:
+    import onnx
+
+    from seqserve.tasks.signature import signature_problems
+
+    return signature_problems(onnx.load(str(info.graph_path(graph)), load_external_data=False).graph,
+                              info.graph(graph))[0]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -36,7 +36,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from seqserve.dtypes import TRITON_OF_NUMPY
 from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import ExportInfo
-from seqserve.tasks.spec import MASK, POSITIONS, GraphSpec, TensorSpec
+from seqserve.tasks.spec import CLASS_LOGITS, GENERATE, MASK, POSITIONS, STEP, GraphSpec, TensorSpec
 
 ModelConfig = mc.ModelConfig
 
@@ -137,12 +137,64 @@ def build_configs(info: ExportInfo, name: str, options: PackageOptions) -> dict[
     """model name -> config for the three models of one export (full, step, generate)."""
     check_model_name(name)
     names = model_names(name)
-    cfgs = {names["full"]: _full(info.spec.full, names["full"], options),
-            names["step"]: _step(info.spec.step, names["step"], options),
-            names["generate"]: _generate(names["generate"], options)}
+    if info.spec.head != GENERATE:
+        cfgs = _scoring(info, names, options)
+    else:
+        cfgs = {names["full"]: _full(info.spec.full, names["full"], options),
+                names["step"]: _step(info.spec.step, names["step"], options),
+                names["generate"]: _generate(names["generate"], options, info.spec)}
+        if starts_from_once(info.spec):
+            # The step state comes from once graphs (conditioned: init from features): a client
+            # of NAME_step could only start from zeros, so there is none; NAME_generate runs the chain.
+            del cfgs[names["step"]]
     if options.target == "triton-gpu":
         _native_graphs(info, cfgs)
     return cfgs
+
+
+# classify: the class_logits output names this file in the model folder (one label per line), so
+# Triton's classification extension (class_count) answers "score:index:label" on every server.
+LABELS_FILE = "labels.txt"
+
+
+def _scoring(info: ExportInfo, names: dict[str, str], options: PackageOptions) -> dict[str, ModelConfig]:
+    """classify / tag: NAME (full graph, class or tag logits) and, where the task has a step graph
+    (a unidirectional recurrent encoder), NAME_step (stateful: each request returns the scores of
+    the stream so far); nothing is generated, so no NAME_generate."""
+    cfgs = {names["full"]: _full(info.spec.full, names["full"], options)}
+    if any(g.runs == STEP for g in info.spec.graphs.values()):
+        cfgs[names["step"]] = _step(info.spec.step, names["step"], options)
+    for cfg in cfgs.values():
+        for o in cfg.output:
+            if o.name == info.spec.full.roles[CLASS_LOGITS]:
+                o.label_filename = LABELS_FILE
+    return cfgs
+
+
+def label_files(info: ExportInfo, cfg: ModelConfig) -> dict[str, str]:
+    """file name -> text of the label files `cfg` names (written beside its config.pbtxt)."""
+    labels = info.spec.io.get("labels") or []
+    return {o.label_filename: "".join(f"{x}\n" for x in labels) for o in cfg.output if o.label_filename}
+
+
+def starts_from_once(spec) -> bool:
+    """True when the step graph's inputs come from the task's once graphs (TaskSpec.links)."""
+    return any(to == spec.step.name for _, _, to in spec.links())
+
+
+def served_graphs(spec, kind: str) -> tuple[str, ...]:
+    """The graphs a version folder of this kind carries, the served one first (model.onnx), then
+    what runs before it once per sequence (generate of a chain task: the init/encoder graphs,
+    `<graph>.onnx`). causal-lm: one graph per kind."""
+    main = KIND_GRAPH[kind]
+    return (main, *(g.name for g in spec.once)) if kind == "generate" else (main,)
+
+
+def conditioning_inputs(spec) -> list[TensorSpec]:
+    """What a generate request carries besides text: inputs of the once graphs that no once graph
+    computes (conditioned: features [B, F])."""
+    made = {n for g in spec.once for n in g.output_names}
+    return [t for g in spec.once for t in g.inputs if t.name not in made]
 
 
 def _native_graphs(info: ExportInfo, cfgs: dict[str, ModelConfig]) -> None:
@@ -273,10 +325,15 @@ def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
     return _common(cfg, "step", o)
 
 
-def _generate(name: str, o: PackageOptions) -> ModelConfig:
+def _generate(name: str, o: PackageOptions, spec=None) -> ModelConfig:
     cfg = ModelConfig(name=name, max_batch_size=0)
     cfg.model_transaction_policy.decoupled = True    # many responses (text pieces) per request
-    cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1])
+    conditioning = conditioning_inputs(spec) if spec is not None else []
+    # conditioned: the features of ONE sequence ([F]: batch axis stripped, as JSON and clients
+    # send a vector), and text_input becomes an optional prefix
+    for t in conditioning:
+        cfg.input.add(name=t.name, data_type=triton_type(t.dtype), dims=config_dims(t))
+    cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1], optional=bool(conditioning))
     for n, t, dims in GENERATE_OPTIONAL:
         cfg.input.add(name=n, data_type=t, dims=dims, optional=True)
     cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[1])

@@ -332,13 +332,24 @@ def _http_outputs(doc) -> list[RequestedOutput] | None:
         if not isinstance(params, dict):
             raise bad(f"output {name!r}: \"parameters\" must be an object, got a JSON "
                       f"{_jtype(params)}")
-        _refuse_unsupported(params, f"output {name!r}")
+        _refuse_unsupported({k: v for k, v in params.items() if k != "classification"}, f"output {name!r}")
         binary = params.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise bad(f"output {name!r}: parameter binary_data must be true or false, "
                       f"got {binary!r}")
-        outputs.append(RequestedOutput(name, binary))
+        outputs.append(RequestedOutput(name, binary, _class_count(name, params.get("classification"))))
     return outputs or None
+
+
+def _class_count(name: str, value) -> int | None:
+    """Triton's classification extension: an output's `classification` parameter, the number of
+    top classes to return as "score:index:label" strings (None: the raw tensor)."""
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise bad(f"output {name!r}: parameter classification must be a whole number >= 1 (the number "
+                  f"of top classes to return), got {value!r}")
+    return int(value)
 
 
 def _refuse_unsupported(params, what: str) -> None:
@@ -612,8 +623,13 @@ def decode_grpc_infer(request: pb.ModelInferRequest) -> InferRequest:
         if not item.name or item.name in seen:
             raise bad(f"requested output {item.name!r} is empty or repeated")
         seen.add(item.name)
-        _refuse_unsupported(item.parameters, f"output {item.name!r}")
-        outputs.append(RequestedOutput(item.name))
+        _refuse_unsupported({k: v for k, v in item.parameters.items() if k != "classification"},
+                            f"output {item.name!r}")
+        count = None
+        if "classification" in item.parameters:
+            p = item.parameters["classification"]
+            count = _class_count(item.name, getattr(p, p.WhichOneof("parameter_choice") or "int64_param"))
+        outputs.append(RequestedOutput(item.name, classification=count))
     return InferRequest(model=request.model_name, version=request.model_version, id=request.id,
                         inputs=inputs, outputs=outputs or None, parameters=params, inline_ok=False)
 

@@ -21,7 +21,7 @@ from seqserve.runtime.ort import OrtBackend
 from seqserve.serve.stats import ModelStats
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
-from seqserve.tasks.spec import LOGITS, TOKENS
+from seqserve.tasks.spec import CLASS_LOGITS, LOGITS, TAG_LOGITS, TOKENS
 
 # What a request still queued when the drain time runs out is told (HTTP 503, gRPC UNAVAILABLE).
 SHUTDOWN_MESSAGE = "the server shut down before this request ran; send it again to another replica"
@@ -97,9 +97,12 @@ class ServedModelBase:
         self.output_rules = {o.name: TensorRule(o.name, TRITON_TO_KSERVE[mc.DataType.Name(o.data_type)],
                                                 batch + tuple(int(d) for d in o.dims), False)
                              for o in config.output}
+        self.labels = _labels(config, served.info.path.parent)     # output -> class names (label_filename)
         self.backend = OrtBackend(served.info, served.graph, options)
         graph = self.backend.spec                   # the graph this model runs; tensors by role
-        self.tokens_name, self.logits_name = graph.name_of(TOKENS), graph.name_of(LOGITS)
+        # the scores the graph returns: next-token logits, or class / tag logits (classify, tag)
+        self.tokens_name = graph.name_of(TOKENS)
+        self.logits_name = graph.roles[LOGITS] or graph.roles[CLASS_LOGITS] or graph.name_of(TAG_LOGITS)
         self.worker: Worker | None = None
         self.all_versions = [version]               # the repository sets every ready version
 
@@ -148,6 +151,18 @@ class ServedModelBase:
                 if o.name not in self.output_rules:
                     raise ServeError(400, f"model '{self.name}' has no output '{o.name}'; its outputs are "
                                           f"{self._describe(self.output_rules.values())}")
+                if o.classification is not None:
+                    self._check_classification(o)
+
+    def _check_classification(self, o) -> None:
+        shape = self.output_rules[o.name].shape
+        classes = shape[-1] if len(shape) == 1 + (self.max_batch > 0) else -1
+        if classes < 1:
+            raise ServeError(400, f"output '{o.name}' of model '{self.name}' has shape {list(shape)}; the "
+                                  "classification extension needs one axis of classes after the batch axis")
+        if o.classification > classes:
+            raise ServeError(400, f"classification {o.classification} asks for more classes than output "
+                                  f"'{o.name}' of model '{self.name}' has ({classes})")
 
     def check_token_ids(self, ids: np.ndarray, name: str | None = None) -> None:
         name = name or self.tokens_name
@@ -162,7 +177,9 @@ class ServedModelBase:
 
     def response(self, req: InferRequest, outputs: dict, parameters: dict | None = None) -> InferResponse:
         if req.outputs:
-            outputs = {o.name: outputs[o.name] for o in req.outputs}
+            outputs = {o.name: outputs[o.name] if o.classification is None else
+                       top_classes(outputs[o.name], o.classification, self.labels.get(o.name))
+                       for o in req.outputs}
         return InferResponse(self.name, self.version, req.id, outputs, parameters or {})
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -173,6 +190,33 @@ class ServedModelBase:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
+
+
+def _labels(config, model_dir) -> dict[str, list[str]]:
+    """output name -> its class names, from the label_filename file in the model folder (one per line)"""
+    from pathlib import Path
+
+    out = {}
+    for o in config.output:
+        if o.label_filename:
+            try:
+                out[o.name] = (Path(model_dir) / o.label_filename).read_text("utf-8").splitlines()
+            except OSError as e:
+                raise ServeError(500, f"model '{config.name}': cannot read label file {o.label_filename}: "
+                                      f"{e.strerror}") from None
+    return out
+
+
+def top_classes(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: [..., C] scores -> [..., k] BYTES "score:index[:label]",
+    highest first (ties: lower index first, as a stable sort)."""
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+    out = np.empty(order.shape, dtype=object)
+    for pos in np.ndindex(order.shape):
+        i = int(order[pos])
+        text = f"{float(scores[(*pos[:-1], i)]):f}:{i}" + (f":{labels[i]}" if labels and i < len(labels) else "")
+        out[pos] = text.encode()
+    return out
 
 
 def _datatype(a: np.ndarray) -> str:

@@ -27,7 +27,7 @@ EXTENSIONS = ["classification", "sequence", "model_repository", "model_repositor
               "binary_tensor_data", "parameters", "statistics", "trace", "logging", "generate"]
 # what we implement of Triton's list (no shared memory, trace or logging APIs)
 EXTENSIONS = [e for e in EXTENSIONS if e not in ("system_shared_memory", "cuda_shared_memory", "trace",
-                                                 "logging", "classification")]
+                                                 "logging")]
 
 
 @dataclass

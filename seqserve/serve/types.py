@@ -37,6 +37,7 @@ class ServeError(SeqserveError):
 class RequestedOutput:
     name: str
     binary: bool | None = None   # HTTP only: send as binary tensor data (None: request default)
+    classification: int | None = None   # Triton's classification extension: top-K "score:index:label"
 
 
 @dataclass

@@ -25,7 +25,8 @@ from seqserve.models import build_model, get_family, make_config
 DEFAULT_STEPS = 200
 UNBOUNDED_STEPS = 1_000_000_000   # "train until --minutes runs out": more steps than any budget allows
 # task -> module whose train(cfg, out, resume, progress) trains families of that task
-TASK_TRAINERS = {"conditioned": "seqserve.training.conditioned"}
+TASK_TRAINERS = {"conditioned": "seqserve.training.conditioned", "classify": "seqserve.training.labelled",
+                 "tag": "seqserve.training.labelled"}
 
 
 class TrainingInterrupted(KeyboardInterrupt):

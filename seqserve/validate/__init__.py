@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqserve.export import load_export
-from seqserve.validate import parity, static
+from seqserve.validate import labelled, parity, static
 from seqserve.validate.report import render_report
 from seqserve.validate.results import CHECKS, CheckResult, ValidateConfig, ValidationReport
 from seqserve.validate.target import Target
@@ -27,14 +27,26 @@ _RUN = {
     "greedy_generation": (parity.greedy_generation, "comparing greedy generation, torch vs ONNX Runtime"),
 }
 
+# Per task: a check run differently (name -> (fn, message)), or not at all (None).
+_BY_TASK = {
+    task: {"sidecar": (labelled.sidecar, "checking seqserve.json's labels and examples against the graphs"),
+           "incremental_vs_full": (labelled.incremental_vs_full,
+                                   "comparing the step graph chunk by chunk with the full graph"),
+           "greedy_generation": None}
+    for task in ("classify", "tag")
+}
+
 
 def validate_export(path: str | Path, config: ValidateConfig = ValidateConfig(), progress=None) -> ValidationReport:
     """Run every check on an export folder. Raises SeqserveError only if the folder is unreadable."""
     info = load_export(path)
     target = Target(info, config)
     rows: list[CheckResult] = []
+    checks = {**_RUN, **_BY_TASK.get(info.task, {})}
     for name in CHECKS:
-        fn, message = _RUN[name]
+        if checks[name] is None:
+            continue
+        fn, message = checks[name]
         if progress:
             progress(message)
         rows += fn(target)   # checks turn every per-graph failure into rows; onnx_checker must go first
