@@ -27,7 +27,7 @@ from seqserve.triton.onnxruntime_backend import BackendError, SequenceModel, che
 from seqserve.validate.repository import validate_repository
 from triton_replay import TOLERANCE, replay_full_model, replay_step_model
 
-FAMILIES = ("lstm", "gru", "gpt")
+FAMILIES = ("rnn", "lstm", "gru", "gpt")     # every causal-lm family
 C = mc.ModelSequenceBatching.Control
 
 
@@ -349,7 +349,7 @@ def test_implicit_state_bytes_at_full_context(repo, exported):
     cfg = read_config(repo / "gpt_step")
     assert implicit_state_bytes(cfg, extra["max_seq_len"]) == 2 * kv * 64
     sizes = repository_state_bytes(repo)
-    assert set(sizes) == {"lstm_step", "gru_step", "gpt_step"} and sizes["gpt_step"] == 2 * kv * 64
+    assert set(sizes) == {f"{f}_step" for f in FAMILIES} and sizes["gpt_step"] == 2 * kv * 64
     assert implicit_state_bytes(read_config(repo / "gpt"), 256) == 0
 
 
