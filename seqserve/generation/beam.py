@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqserve.errors import SeqserveError
-from seqserve.generation.loop import decode_step, prefill
+from seqserve.generation.loop import decode_step, encode_prompts, prefill
 
 MAX_BEAMS = 64
 
@@ -118,13 +118,7 @@ class BeamText:
 def beam_texts(backend, tokenizer, prompts: list[str], params: BeamParams,
                max_context: int | None = None) -> list[list[BeamText]]:
     """Every prompt's hypotheses as text, best first (prompts checked before any work)."""
-    encoded = [tokenizer.encode(p) for p in prompts]
-    for i, ids in enumerate(encoded):
-        if not ids:
-            raise SeqserveError(f"prompt {i} is empty; give at least one character")
-        if max_context is not None and len(ids) + params.max_tokens - 1 > max_context:
-            raise SeqserveError(f"prompt {i} has {len(ids)} tokens; with max_tokens {params.max_tokens} it "
-                                f"exceeds the model's context of {max_context} positions")
+    encoded = encode_prompts(tokenizer, prompts, params.max_tokens, max_context)
     out = []
     for ids in encoded:
         hyps = beam_search(backend, ids, params, tokenizer.eos_id)

@@ -80,6 +80,21 @@ def decode_step(backend, state: DecodeState, tokens: np.ndarray) -> tuple[np.nda
     return out[state.spec.name_of(LOGITS)][:, -1], state.advance(feeds, out)
 
 
+def encode_prompts(tokenizer, prompts: Sequence[str], max_tokens: int, max_context: int | None,
+                   bos: bool = False) -> list[list[int]]:
+    """Token ids of every prompt (<bos> first if asked), each checked: not empty, and room in the
+    model's context for max_tokens more. Any generation (sampled, beams) starts here."""
+    encoded = [([tokenizer.bos_id] if bos else []) + tokenizer.encode(p) for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise SeqserveError(f"prompt {i} is empty; give at least one character")
+        # The last sampled token is never fed back, so positions 0 .. len + max_tokens - 2 are used.
+        if max_context is not None and len(ids) + max_tokens - 1 > max_context:
+            raise SeqserveError(f"prompt {i} has {len(ids)} tokens; with max_tokens {max_tokens} it "
+                                f"exceeds the model's context of {max_context} positions")
+    return encoded
+
+
 def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
              max_context: int | None = None, chain: Chain = Chain(),
              once_inputs: Sequence[dict] | None = None) -> Iterator[TokenEvent]:
@@ -93,14 +108,7 @@ def generate(backend, tokenizer, prompts: Sequence[str], params: SamplingParams,
     if chain.once and (once_inputs is None or len(once_inputs) != len(prompts)):
         raise SeqserveError(f"this task runs {[b.spec.name for b in chain.once]} first: give one set of their "
                             f"inputs per prompt ({len(prompts)} prompts)")
-    encoded = [([tokenizer.bos_id] if chain.bos else []) + tokenizer.encode(p) for p in prompts]
-    for i, ids in enumerate(encoded):
-        if not ids:
-            raise SeqserveError(f"prompt {i} is empty; give at least one character")
-        # The last sampled token is never fed back, so positions 0 .. len + max_tokens - 2 are used.
-        if max_context is not None and len(ids) + params.max_tokens - 1 > max_context:
-            raise SeqserveError(f"prompt {i} has {len(ids)} tokens; with max_tokens {params.max_tokens} it "
-                                f"exceeds the model's context of {max_context} positions")
+    encoded = encode_prompts(tokenizer, prompts, params.max_tokens, max_context, chain.bos)
     starts = [start_values(chain.once, x, backend.spec) for x in once_inputs] if chain.once else None
     return _decode(backend, tokenizer, encoded, params, starts)
 
