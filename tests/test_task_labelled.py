@@ -9,6 +9,8 @@ causal-lm needs an entry in a tests/test_task_*.py module.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
@@ -142,7 +144,8 @@ def test_package_writes_the_scoring_models_and_the_label_file(labelled, tmp_path
     from seqserve.export import load_export
 
     root = _repo(labelled, tmp_path / "repo", target)
-    assert sorted(p.name for p in root.iterdir()) == ["classifier", "classifier_step", "tagger"]
+    assert sorted(p.name for p in root.iterdir()) == ["classifier", "classifier_classify", "classifier_step", "tagger",
+                                                      "tagger_classify"]
     labels = load_export(labelled("classifier", "lstm")).spec.io["labels"]
     assert (root / "classifier" / "labels.txt").read_text().splitlines() == labels
     assert 'label_filename: "labels.txt"' in (root / "classifier" / "config.pbtxt").read_text()
@@ -175,6 +178,7 @@ def _check_server(server, labelled, triton: bool):
     classes to all of them, where seqserve answers 400."""
     from seqserve.export import load_export
     from seqserve.runtime import OrtBackend
+    from seqserve.runtime.scoring import softmax
     from seqserve.serve.models import top_classes
 
     cls, tag = load_export(labelled("classifier", "lstm")), load_export(labelled("tagger", "transformer"))
@@ -200,6 +204,22 @@ def _check_server(server, labelled, triton: bool):
                 _infer(server, "tagger", ids, proto, class_count=2, output="tag_logits")
         with pytest.raises(InferenceServerException, match="vocabulary"):
             _infer(server, "classifier", np.array([[cls.tokenizer.vocab_size]], np.int64), proto)
+    # text in (Triton's generate extension on NAME_classify): labels and probabilities
+    text = cls.raw["examples"][0]["input"]
+    p = softmax(OrtBackend(cls, "full").run({"input_ids": np.array([cls.tokenizer.encode(text)])})["class_logits"][0])
+    status, _, body = server.request("POST", "/v2/models/classifier_classify/generate",
+                                     {"text_input": text, "class_count": 2})
+    assert status == 200, body
+    doc = json.loads(body)
+    assert doc["labels"] == [labels[i] for i in np.argsort(-p)[:2]]
+    np.testing.assert_allclose(doc["probabilities"], np.sort(p)[::-1][:2], atol=1e-5)
+    status, _, body = server.request("POST", "/v2/models/tagger_classify/generate", {"text_input": "def f(x):"})
+    assert status == 200 and len(json.loads(body)["labels"]) == 9, body
+    for model, doc, words in (("classifier_classify", {"text_input": "\u2603"}, "outside the model's vocabulary"),
+                              ("classifier_classify", {"text_input": "ab", "class_count": 99}, "class_count 99"),
+                              ("classifier", {"text_input": "ab"}, "input_ids")):   # a generate request to NAME
+        status, _, body = server.request("POST", f"/v2/models/{model}/generate", doc)
+        assert status == 400 and words in body.decode(), (model, status, body)
     # incremental: the stream's class scores after each chunk == the full graph on that prefix
     row = ids[0].tolist()
     got = _step(server, "classifier_step", 7, [row[:5], row[5:9], row[9:]])

@@ -40,10 +40,11 @@ from seqserve.tasks.spec import CLASS_LOGITS, GENERATE, MASK, POSITIONS, STEP, G
 
 ModelConfig = mc.ModelConfig
 
-KINDS = ("full", "step", "generate")
+KINDS = ("full", "step", "generate", "classify")
 TARGETS = ("seqserve", "triton-gpu", "triton-python")
-KIND_GRAPH = {"full": "full", "step": "step", "generate": "step"}   # which ONNX graph each serves
-SUFFIX = {"full": "", "step": "_step", "generate": "_generate"}
+KIND_GRAPH = {"full": "full", "step": "step", "generate": "step",    # which ONNX graph each serves
+              "classify": "full"}
+SUFFIX = {"full": "", "step": "_step", "generate": "_generate", "classify": "_classify"}
 
 # Graph inputs the server computes itself from the sequence it keeps (gpt's step graph); a client
 # of NAME_step sends only input_ids.
@@ -168,7 +169,25 @@ def _scoring(info: ExportInfo, names: dict[str, str], options: PackageOptions) -
         for o in cfg.output:
             if o.name == info.spec.full.roles[CLASS_LOGITS]:
                 o.label_filename = LABELS_FILE
+    cfgs[names["classify"]] = _classify_text(names["classify"], options)
     return cfgs
+
+
+# NAME_classify: text in, label names and probabilities out, for curl users (Triton's generate
+# extension: POST /v2/models/NAME_classify/generate {"text_input": "..."}). classify: the top
+# class_count labels, most likely first; tag: one label per character, its probability.
+CLASSIFY_INPUTS = (("text_input", mc.TYPE_STRING, [1], False), ("class_count", mc.TYPE_INT32, [1], True))
+CLASSIFY_OUTPUTS = (("labels", mc.TYPE_STRING, [-1]), ("probabilities", mc.TYPE_FP32, [-1]))
+
+
+def _classify_text(name: str, o: PackageOptions) -> ModelConfig:
+    cfg = ModelConfig(name=name, max_batch_size=0)
+    for n, t, dims, optional in CLASSIFY_INPUTS:
+        cfg.input.add(name=n, data_type=t, dims=dims, optional=optional)
+    for n, t, dims in CLASSIFY_OUTPUTS:
+        cfg.output.add(name=n, data_type=t, dims=dims)
+    _runner(cfg, o, "classify")
+    return _common(cfg, "classify", o)
 
 
 def label_files(info: ExportInfo, cfg: ModelConfig) -> dict[str, str]:
@@ -232,10 +251,11 @@ def keeps_own_state(cfg: ModelConfig) -> bool:
 def _runner(cfg: ModelConfig, o: PackageOptions, kind: str) -> None:
     """Who runs the graph: platform/backend and instance group, per target."""
     gpu = o.target == "triton-gpu"
-    python = o.target == "triton-python" or (kind == "generate" and o.target != "seqserve")
+    text = kind in ("generate", "classify")     # text in: seqserve's own code, never an ONNX backend
+    python = o.target == "triton-python" or (text and o.target != "seqserve")
     if python:
         cfg.backend = "python"
-    elif kind == "generate":
+    elif text:
         cfg.backend = "seqserve"
     else:
         cfg.platform = "onnxruntime_onnx"
@@ -430,7 +450,14 @@ def check_against_onnx(cfg: ModelConfig, onnx_path: str | Path, spec: GraphSpec)
     """
     inputs, outputs = onnx_signature(onnx_path)
     problems: list[str] = []
-    if "seqserve.kind" in cfg.parameters and cfg.parameters["seqserve.kind"].string_value == "generate":
+    text_kind = cfg.parameters["seqserve.kind"].string_value if "seqserve.kind" in cfg.parameters else ""
+    if text_kind == "classify":      # text in: only the graph it runs is checked (the full graph)
+        for t in spec.inputs:
+            problems += _compare("input", t.name, triton_type(t.dtype), _dims(t), inputs, batched=False)
+        for t in spec.outputs:
+            problems += _compare("output", t.name, triton_type(t.dtype), _dims(t), outputs, batched=False)
+        return problems
+    if text_kind == "generate":
         for t in spec.inputs:
             problems += _compare("input", t.name, triton_type(t.dtype), _dims(t), inputs, batched=False)
         for t in spec.outputs:

@@ -57,7 +57,7 @@ def _has_attention(model) -> bool:
 
 def needs_backend_graph(graph_path: str | Path, spec: GraphSpec, kind: str) -> bool:
     """Whether the triton-gpu target serves a rewritten copy of this graph (see the module doc)."""
-    if kind == "generate":              # python backend: runs the export's step graph itself
+    if kind in ("generate", "classify"):   # python backend: runs the export's graph itself
         return False
     model = onnx.load(str(graph_path), load_external_data=False)
     growing = kind == "step" and any(p.seq_axis is not None for p in spec.state)
