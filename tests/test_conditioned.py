@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, run
+from test_triton import triton_ready  # noqa: F401 - fixture: tritonserver and its stub environment
 
 from seqserve.models import FAMILIES, build_model, make_config
 from seqserve.tasks.spec import FEATURES, ONCE, STATE
@@ -158,3 +159,152 @@ def test_cli_generate_examples_and_features(export, tmp_path):
     assert_one_line_error(run("generate", export, "--features", nan), "NaN")
     assert_one_line_error(run("generate", export), "--features", "--examples")
     assert_one_line_error(run("generate", export, "--examples", "--beams", 2), "--beams")
+
+
+# ---- packaged and served ------------------------------------------------------------------------
+
+def _reference(export, feats, max_tokens=8):
+    from seqserve.export import load_export
+    from seqserve.generation import SamplingParams, generate_text
+    from seqserve.runtime import make_chain
+
+    info = load_export(export)
+    step, chain = make_chain(info, "ort")
+    return [c.text for c in generate_text(step, info.tokenizer, [""] * len(feats),
+                                          SamplingParams(max_tokens=max_tokens, greedy=True), None, chain,
+                                          [{"features": f[None]} for f in feats])]
+
+
+@pytest.mark.parametrize("target", ["seqserve", "triton-python", "triton-gpu"])
+def test_package_writes_full_and_generate_with_the_init_graph(export, tmp_path, target):
+    from seqserve.package import PackageOptions, load_version, package_export, read_config
+    from seqserve.validate.repository import validate_repository
+
+    models = package_export(export, tmp_path / "repo", "cap", options=PackageOptions(target=target))
+    assert {m.name: m.kind for m in models} == {"cap": "full", "cap_generate": "generate"}   # no cap_step
+    gen = load_version(tmp_path / "repo" / "cap_generate" / "1")
+    assert gen.once == ("init",) and gen.info.graph_path("init").name == "init.onnx"
+    assert load_version(tmp_path / "repo" / "cap" / "1").once == ()
+    cfg = read_config(tmp_path / "repo" / "cap_generate")
+    inputs = {i.name: i for i in cfg.input}
+    assert list(inputs["features"].dims) == [64] and not inputs["features"].optional
+    assert inputs["text_input"].optional
+    assert cfg.backend == ("seqserve" if target == "seqserve" else "python")
+    full = read_config(tmp_path / "repo" / "cap")
+    assert [i.name for i in full.input] == ["features", "input_ids"]
+    report = validate_repository(tmp_path / "repo")
+    assert report.passed, [r for r in report.checks if not r.passed]
+
+
+@pytest.fixture(scope="module")
+def served(export, tmp_path_factory):
+    from serving import start_server
+
+    from seqserve.package import package_export
+
+    root = tmp_path_factory.mktemp("conditioned-serve")
+    package_export(export, root / "repo", "cap")
+    s = start_server(root / "repo", root)
+    yield s
+    s.stop()
+
+
+@pytest.mark.slow
+def test_served_generate_streams_what_seqserve_generate_gives(export, served):
+    from test_serve import sse
+
+    from seqserve.tasks.conditioned import examples
+
+    from seqserve.export import load_export
+
+    feats, _ = examples(load_export(export).raw, 64)
+    want = _reference(export, feats[:3])
+    for f, w in zip(feats[:3], want):
+        events = sse(served, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
+        assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
+    # gRPC stream, through tritonclient
+    import queue
+
+    import tritonclient.grpc as tg
+
+    results: queue.Queue = queue.Queue()
+    client = tg.InferenceServerClient(served.grpc_address)
+    x = tg.InferInput("features", [64], "FP32")
+    x.set_data_from_numpy(feats[0])
+    n = tg.InferInput("max_tokens", [1], "INT32")
+    n.set_data_from_numpy(np.array([8], np.int32))
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    text = ""
+    try:
+        t = tg.InferInput("temperature", [1], "FP32")
+        t.set_data_from_numpy(np.array([0.0], np.float32))
+        client.async_stream_infer("cap_generate", [x, n, t], enable_empty_final_response=True)
+        while True:
+            r, e = results.get(timeout=60)
+            assert e is None, e
+            out = r.as_numpy("text_output")
+            text += out[0].decode() if out is not None else ""
+            if r.get_response().parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+    assert text == want[0]
+    # the full graph (NAME): features + input_ids -> logits, equal to in-process ORT
+    import tritonclient.http as th
+
+    from seqserve.export import load_export
+    from seqserve.runtime import OrtBackend
+
+    info = load_export(export)
+    ids = np.array([[1, 4, 5]], np.int64)
+    local = OrtBackend(info, "full").run({"features": feats[:1], "input_ids": ids})["logits"]
+    hc = th.InferenceServerClient(served.http_address)
+    a, b = th.InferInput("features", [1, 64], "FP32"), th.InferInput("input_ids", [1, 3], "INT64")
+    a.set_data_from_numpy(feats[:1])
+    b.set_data_from_numpy(ids)
+    np.testing.assert_allclose(hc.infer("cap", [a, b]).as_numpy("logits"), local, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("features, words", [
+    ([0.5] * 3, ["features", "[64]", "[3]"]),
+    ([float("nan")] * 64, ["NaN", "features"]),
+    (None, ["missing", "features"]),
+])
+def test_bad_features_are_4xx_saying_what_was_expected(served, features, words):
+    import json
+
+    body = {"max_tokens": 4} if features is None else {"features": features, "max_tokens": 4}
+    status, _, text = served.request("POST", "/v2/models/cap_generate/generate", json.dumps(body))
+    assert 400 <= status < 500, (status, text)
+    for w in words:
+        assert w in text.decode(), text
+    assert served.request("GET", "/v2/health/ready")[0] == 200       # still serving
+
+
+@pytest.mark.slow
+def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export, tmp_path_factory, request):
+    """The real tritonserver (python backend) on a triton-python repository: the same SSE and
+    gRPC client code, the same text as in-process generation."""
+    from serving import start_server
+    from test_serve import grpc_stream, sse   # noqa: F401 - grpc_stream sends text_input only
+
+    from seqserve.export import load_export
+    from seqserve.package import PackageOptions, package_export
+    from seqserve.tasks.conditioned import examples
+
+    request.getfixturevalue("triton_ready")
+    root = tmp_path_factory.mktemp("conditioned-triton")
+    package_export(export, root / "repo", "cap", options=PackageOptions(target="triton-python"))
+    feats, _ = examples(load_export(export).raw, 64)
+    want = _reference(export, feats[:2])
+    s = start_server(root / "repo", root, "--engine", "triton", threads=None, timeout=240)
+    try:
+        for f, w in zip(feats[:2], want):
+            events = sse(s, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
+            assert "".join(e.get("text_output", "") for e in events) == w
+        status, _, body = s.request("POST", "/v2/models/cap_generate/generate",
+                                    {"features": [0.5] * 3, "max_tokens": 4})
+        assert 400 <= status < 500 and b"features" in body, (status, body)
+    finally:
+        assert s.stop(60) == 0

@@ -10,6 +10,9 @@ arrive at different times share one batch (continuous, iteration-level batching)
                      → finished or cancelled streams leave (DecodeState.select)
                      → new streams are prefilled alone (no padding enters an RNN state) and
                        join the batch (DecodeState.merge), up to seqserve.max_streams rows.
+
+A task with once graphs (conditioned: `init` from a `features` input) runs them in the stream's
+prefill, on that stream's inputs alone; the step state starts from their outputs (start_values).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 
 from seqserve.errors import SeqserveError
 from seqserve.generation.cache import DecodeState
-from seqserve.generation.loop import SequenceText, decode_step, prefill
+from seqserve.generation.loop import SequenceText, decode_step, prefill, start_values
 from seqserve.generation.sampling import SamplingParams, sample_rows
 from seqserve.serve.models import ServedModelBase, parameter
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
@@ -49,6 +52,7 @@ class _Stream:
     tokens: int = 0
     pending: int = -1                     # the token sampled last, to feed at the next step
     done: bool = field(default=False)
+    once_inputs: dict | None = None       # inputs of the task's once graphs (features [1, F]), or None
     shutdown: bool = False                # ended by the server's shutdown: send the rest at once
 
 
@@ -59,6 +63,14 @@ class GenerateModel(ServedModelBase):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.max_streams = int(parameter(self.config, "seqserve.max_streams", "64") or 64)
+        # The chain's once graphs (this version folder's `<graph>.onnx`), run per stream at prefill;
+        # their inputs that no once graph computes come with the request (conditioned: features).
+        from seqserve.runtime.ort import OrtBackend
+
+        self.once = tuple(OrtBackend(self.served.info, g, self.backend.options) for g in self.served.once)
+        made = {n for b in self.once for n in b.spec.output_names}
+        self.conditioning = [t for b in self.once for t in b.spec.inputs if t.name not in made]
+        self.bos = bool(self.once) and bool(self.info.spec.io.get("bos"))
         self.worker = _GenerationScheduler(self)
         self.worker.start()
 
@@ -99,20 +111,30 @@ class GenerateModel(ServedModelBase):
 
     def _open(self, req: InferRequest) -> _Stream:
         self.check_inputs(req)
-        prompt = _text(req.inputs["text_input"].reshape(-1)[0] if req.inputs["text_input"].size else b"", "text_input")
+        text = req.inputs.get("text_input")
+        prompt = _text(text.reshape(-1)[0] if text is not None and text.size else b"", "text_input")
         params = self._params(req)
         try:
-            ids = self.tokenizer.encode(prompt)
+            ids = ([self.tokenizer.bos_id] if self.bos else []) + self.tokenizer.encode(prompt)
         except SeqserveError as e:
             raise ServeError(400, f"text_input: {e}") from None
         if not ids:
             raise ServeError(400, "text_input is empty; give at least one character")
+        once_inputs = None
+        if self.once:
+            once_inputs = {}
+            for t in self.conditioning:        # dtype and shape: check_inputs, against the config
+                a = req.inputs[t.name]
+                if not np.isfinite(a).all():
+                    raise ServeError(400, f"input '{t.name}' holds NaN or infinite values; model '{self.name}' "
+                                          f"expects {list(t.dims[1:])} finite {t.dtype} numbers")
+                once_inputs[t.name] = np.ascontiguousarray(a.reshape(1, *a.shape), dtype=t.dtype)
         if self.max_context is not None and len(ids) + params.max_tokens - 1 > self.max_context:
             raise ServeError(400, f"text_input has {len(ids)} tokens; with max_tokens {params.max_tokens} it exceeds "
                                   f"model '{self.name}''s context of {self.max_context} positions")
         rng = np.random.default_rng(None if params.seed is None else (params.seed, 0))
         return _Stream(ids, params, SequenceText(self.tokenizer, params), rng, asyncio.get_running_loop(),
-                       asyncio.Queue(), now_ns())
+                       asyncio.Queue(), now_ns(), once_inputs=once_inputs)
 
     async def stream(self, req: InferRequest):
         t0 = now_ns()
@@ -226,7 +248,8 @@ class _GenerationScheduler(Worker):
                 continue
             t0 = s.started = now_ns()
             try:
-                logits, st = prefill(m.backend, s.ids)
+                start = start_values(m.once, s.once_inputs, m.backend.spec) if m.once else None
+                logits, st = prefill(m.backend, s.ids, start)
             except Exception as e:
                 s.done = True
                 replies.add(s.loop, s.events.put_nowait, ServeError(500, f"model '{m.name}' failed: {e}"))

@@ -259,12 +259,18 @@ class FullModel(ServedModelBase):
             if self.max_context is not None and ids.shape[1] > self.max_context:
                 raise ServeError(400, f"{self.tokens_name} has {ids.shape[1]} tokens; model '{self.name}' has a "
                                       f"context of {self.max_context} positions")
+            extra = {n: req.inputs[n] for n in self.backend.spec.input_names if n != self.tokens_name}
+            for n, a in extra.items():          # conditioned: features [B, F], one row per sequence
+                if a.shape[0] != ids.shape[0] or not np.isfinite(a).all():
+                    raise ServeError(400, f"input '{n}' must hold {ids.shape[0]} rows (one per {self.tokens_name} "
+                                          f"row) of finite numbers; got shape {list(a.shape)}"
+                                          + ("" if np.isfinite(a).all() else " with NaN or infinite values"))
         except ServeError:
             self.stats.request_failed(now_ns() - t0)
             raise
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        feeds = {self.tokens_name: ids.astype(np.int64, copy=False)}
+        feeds = {self.tokens_name: ids.astype(np.int64, copy=False), **extra}
         key = tuple((k, v.shape[1:]) for k, v in feeds.items())
         self.stats.add_pending(1)
         try:

@@ -442,14 +442,21 @@ def check_version_folder(cfg, folder: str | Path) -> list[str]:
 
 def first_request(cfg, graph: str | Path | bytes) -> list[str]:
     """Run one request as Triton would (a sequence's first, START set, for a sequence model):
-    input_ids [1, 2] of token 0; the logits must come back finite, [1, 2, V]."""
+    input_ids [1, 2] of token 0 (and zeros for a fixed-size float input: conditioned's features);
+    the logits must come back finite, [1, 2, V]."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
     inputs = {}
     for io in cfg.input:
-        if io.name != "input_ids" or io.optional:
-            if io.optional:
-                continue
-            return [f"cannot make a request: config input '{io.name}' is not input_ids"]
-        inputs["input_ids"] = np.zeros((1, 2) if cfg.max_batch_size > 0 else (2,), np.int64)
+        if io.optional:
+            continue
+        fixed_float = io.data_type == mc.TYPE_FP32 and all(d > 0 for d in io.dims)
+        if io.name != "input_ids" and not fixed_float:
+            return [f"cannot make a request: config input '{io.name}' is neither input_ids nor a fixed-size FP32 tensor"]
+        if fixed_float:
+            inputs[io.name] = np.zeros(((1,) if cfg.max_batch_size > 0 else ()) + tuple(io.dims), np.float32)
+        else:
+            inputs["input_ids"] = np.zeros((1, 2) if cfg.max_batch_size > 0 else (2,), np.int64)
     try:
         out = SequenceModel(cfg, graph, strict=False).infer(inputs, corrid=1, start=True, end=True)
     except Exception as e:  # noqa: BLE001 - the failure Triton would answer is the problem
