@@ -50,6 +50,15 @@ def command(
             console.print(f"{m.name}: Triton loads {m.config.default_model_filename}: "
                           f"{m.config.parameters['seqserve.backend_graph'].string_value}",
                           markup=False, highlight=False, soft_wrap=True)
+    if target == "triton-gpu":   # who runs which graph: Triton's onnxruntime backend or seqserve's code
+        from seqserve.package import load_version, runner_of
+
+        for m in models:
+            served = load_version(m.path)
+            graphs = " + ".join(f"{g}.onnx" if g != served.graph else f"{g} (model.onnx)"
+                                for g in (*served.once, served.graph))
+            console.print(f"{m.name}: {runner_of(m.config)} runs {graphs}", markup=False, highlight=False,
+                          soft_wrap=True)
     engine = {"seqserve": "", "triton-python": " --engine triton"}.get(target)
     nxt = (f"seqserve serve --repository {repository}{engine}" if engine is not None
            else "docker compose up (the NGC tritonserver container; see the README's GPU stack)")

@@ -308,3 +308,16 @@ def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export
         assert 400 <= status < 500 and b"features" in body, (status, body)
     finally:
         assert s.stop(60) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("proto", ["http", "grpc"])
+def test_loadtest_drives_generate_with_synthesized_features(served, proto):
+    from seqserve.loadtest import make_config, run_loadtest
+
+    url = served.http_url if proto == "http" else served.grpc_url
+    res = run_loadtest(make_config(url, "cap_generate", metrics_url=served.metrics_url, workload="generate",
+                                   concurrency="2", max_tokens=6, duration="1s", warmup="0.2s"))
+    lv = res["levels"][0]
+    assert lv["ok"] > 0 and lv["errors"] == 0, lv["error_kinds"]
+    assert lv["streaming"]["tokens_per_request"]["mean"] >= 1

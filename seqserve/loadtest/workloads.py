@@ -3,7 +3,8 @@
 - infer:    a pool of requests with random valid inputs, sent round-robin;
 - sequence: each lane runs sequences of --sequence-length steps with a fresh sequence id,
             `sequence_start` on the first step and `sequence_end` on the last;
-- generate: one streamed request per prompt (`text_input`, plus `max_tokens` when the model has it).
+- generate: one streamed request per prompt (`text_input`, plus `max_tokens` when the model has it;
+            a model conditioned on a vector, e.g. `features` FP32 [F], gets a random one in [0, 1)).
 
 Synthesized inputs: variable axes (-1) get --input-length (default 1), the batch axis 1; integer
 inputs get token ids in [0, vocab) where vocab is the last dim of the `logits` output (else
@@ -241,10 +242,26 @@ class GenerateWorkload(_Rotation):
     streaming = True
 
 
-def generate_fields(info: ModelInfo, prompt: str, max_tokens: int) -> dict:
+def conditioning(info: ModelInfo, rng) -> dict[str, np.ndarray]:
+    """Required generate inputs besides text (conditioned: features [F]): random in [0, 1) (the
+    digit features' range), one draw per prompt."""
+    out = {}
+    for t in info.inputs:
+        if t.optional or t.name == "text_input" or t.datatype == "BYTES":
+            continue
+        if any(d < 0 for d in t.shape) or not t.datatype.startswith("FP"):
+            raise SeqserveError(f"model '{info.name}' needs input '{t.name}' ({t.datatype} {list(t.shape)}) to "
+                                "generate; only fixed-size float inputs can be synthesized")
+        out[t.name] = rng.random(t.shape).astype(_NP[t.datatype])
+    return out
+
+
+def generate_fields(info: ModelInfo, prompt: str, max_tokens: int, extra: dict | None = None) -> dict:
     fields: dict = {"text_input": prompt}
     if info.input("max_tokens") is not None:
         fields["max_tokens"] = max_tokens
+    for k, v in (extra or {}).items():
+        fields[k] = v.tolist()
     return fields
 
 
@@ -254,13 +271,16 @@ def build_workload(info: ModelInfo, cfg: LoadTestConfig, encoder, protocol: str)
     if cfg.workload == "generate":
         prompts = (load_prompts(cfg.prompts) if cfg.prompts is not None
                    else synthesized_prompts(POOL, cfg.input_length or PROMPT_CHARS, seed))
-        payloads = []
+        if cfg.prompts is None and conditioning(info, np.random.default_rng(0)):
+            prompts = [""] * POOL      # conditioned: the text is optional (a prefix), the vector is the input
+        payloads, rng = [], np.random.default_rng(seed)
         for p in prompts:
-            fields = generate_fields(info, p, cfg.max_tokens)
+            extra = conditioning(info, rng)
+            fields = generate_fields(info, p, cfg.max_tokens, extra)
             if protocol == "http":
                 payloads.append(encoder.generate(fields))
             else:
-                arrays = {"text_input": np.array([p.encode()], dtype=object)}
+                arrays = {"text_input": np.array([p.encode()], dtype=object), **extra}
                 if "max_tokens" in fields:
                     t = info.input("max_tokens")
                     arrays["max_tokens"] = np.array([cfg.max_tokens], dtype=_NP[t.datatype])

@@ -13,7 +13,7 @@ from seqserve.package.repository import (CONFIG, MODEL_FILE, PYTHON_MODEL, Packa
                                          recover_repository, resolve_version, resolve_versions, served_sidecar)
 from seqserve.package.triton_config import (KIND_GRAPH, KINDS, TARGETS, ModelConfig,
                                             PackageOptions, build_configs, check_against_onnx, check_model_name,
-                                            derived_inputs, keeps_own_state, kind_of, model_names,
+                                            derived_inputs, keeps_own_state, kind_of, model_names, runner_of,
                                             onnx_signature, parse_config, target_of, to_pbtxt)
 
 __all__ = [
@@ -21,6 +21,6 @@ __all__ = [
     "PackageOptions", "keeps_own_state", "target_of",
     "PackagedModel", "ServedVersion", "build_configs", "check_against_onnx", "check_model_name",
     "derived_inputs", "kind_of", "list_versions", "load_resolved", "load_version", "model_names", "onnx_signature",
-    "package_export", "parse_config", "pending_versions", "read_config", "recover_repository",
+    "package_export", "parse_config", "runner_of", "pending_versions", "read_config", "recover_repository",
     "resolve_version", "resolve_versions", "served_sidecar", "to_pbtxt",
 ]

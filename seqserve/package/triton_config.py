@@ -169,6 +169,8 @@ def _scoring(info: ExportInfo, names: dict[str, str], options: PackageOptions) -
         for o in cfg.output:
             if o.name == info.spec.full.roles[CLASS_LOGITS]:
                 o.label_filename = LABELS_FILE
+    for cfg in cfgs.values():        # token ids a load tester may synthesize: [0, vocab_size)
+        cfg.parameters["seqserve.vocab_size"].string_value = str(info.spec.io["vocab_size"])
     cfgs[names["classify"]] = _classify_text(names["classify"], options)
     return cfgs
 
@@ -234,6 +236,17 @@ def _native_graphs(info: ExportInfo, cfgs: dict[str, ModelConfig]) -> None:
             what.append("START control input; past dropped on START; attention_mask/position_ids "
                         "derived in the graph")
         cfg.parameters["seqserve.backend_graph"].string_value = "; ".join(what)
+
+
+def runner_of(cfg: ModelConfig) -> str:
+    """Who runs a packaged model's graphs, in words (seqserve package prints it for triton-gpu)."""
+    gpu = any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in cfg.instance_group)
+    where = "on the GPU" if gpu else "on the CPU"
+    if cfg.backend == "python":
+        return f"Triton's python backend (seqserve's {kind_of(cfg)} model, ONNX Runtime {where})"
+    if cfg.backend == "seqserve":
+        return "seqserve serve (its own decoding loop)"
+    return f"Triton's onnxruntime backend {where}"
 
 
 def target_of(cfg: ModelConfig) -> str:
