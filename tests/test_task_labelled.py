@@ -236,6 +236,14 @@ def test_served_by_seqserve(labelled, tmp_path):
             b'{"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [3, 4]}],'
             b' "outputs": [{"name": "class_logits", "parameters": {"classification": 0}}]}'))
         assert status == 400 and b"classification" in body
+        # seqserve loadtest drives them: synthesized token ids (in the config's vocab_size), a sequence
+        from helpers import run
+
+        for model, workload in (("classifier", "infer"), ("classifier_step", "sequence"),
+                                ("classifier_classify", "infer")):
+            res = run("loadtest", "--url", f"http://{server.http_address}", "--model", model, "--workload",
+                      workload, "--concurrency", "2", "--duration", "1s")
+            assert res.exit_code == 0 and " 0 errors" in res.output, res.output
 
 
 @pytest.mark.slow

@@ -164,6 +164,13 @@ def _tensors(entries, config_entries) -> tuple[Tensor, ...]:
                         optional.get(e["name"], False)) for e in entries or [])
 
 
+def _config_vocab(config: dict) -> int | None:
+    """The `seqserve.vocab_size` parameter seqserve's classify/tag configs carry (their outputs are
+    class or tag scores, whose width is not the vocabulary)."""
+    value = ((config.get("parameters") or {}).get("seqserve.vocab_size") or {}).get("string_value")
+    return int(value) if value and str(value).isdigit() else None
+
+
 def describe_model(cfg: LoadTestConfig) -> ModelInfo:
     """The model's tensors and scheduling, from the server; SeqserveError when that fails."""
     server, meta, config, index = (_fetch_grpc if cfg.target.protocol == "grpc" else _fetch_http)(cfg)
@@ -173,7 +180,7 @@ def describe_model(cfg: LoadTestConfig) -> ModelInfo:
         max_batch_size=int(config.get("max_batch_size") or 0),
         sequence=bool(config.get("sequence_batching")),
         decoupled=bool((config.get("model_transaction_policy") or {}).get("decoupled")),
-        vocab=vocab_size(outputs))
+        vocab=_config_vocab(config) or vocab_size(outputs))
     check_fit(info, cfg.workload, index, cfg.target.url)
     return info
 

@@ -3,10 +3,11 @@
 The trainer (seqserve/training/trainer.py) hands a family whose task is not causal-lm to
 `train` here (TASK_TRAINERS). Data: seqserve/data/labelled.py (stdlib packages / tokenize tags).
 
-    classify  a batch is B random windows of the training files, each labelled with its file's
-              package; the window length is drawn per batch from [seq_len/2, seq_len] so a
+    classify  a batch is B random windows, each of a class drawn uniformly (then a file of that
+              class by its length), labelled with its file's package; the window length is drawn per batch from [seq_len/2, seq_len] so a
               streaming (step-graph) classifier is right on prefixes too; loss: cross-entropy
-              of class_logits; score: accuracy on held-out windows of length seq_len
+              of class_logits; score: accuracy on held-out windows of length seq_len, classes
+              balanced the same way (chance: 1 / classes)
     tag       a batch is B random windows of seq_len characters with their tags; loss:
               cross-entropy over every position; score: token (character) accuracy held out
 """
@@ -129,10 +130,14 @@ def _encoded(items, tok: Tokenizer, seq_len: int) -> list[tuple[torch.Tensor, ob
 
 
 def _batch(items, batch: int, length: int, gen: torch.Generator):
-    """B windows of `length`: a file drawn by its length, an offset inside it. -> x [B, L], y
-    [B] (class) or [B, L] (tags)."""
-    sizes = torch.tensor([len(ids) - length for ids, _ in items], dtype=torch.float)
-    files = torch.multinomial(sizes.clamp(min=1), batch, replacement=True, generator=gen).tolist()
+    """B windows of `length`: a file drawn by its length (classify: within a class drawn
+    uniformly), an offset inside it. -> x [B, L], y [B] (class) or [B, L] (tags)."""
+    sizes = torch.tensor([len(ids) - length for ids, _ in items], dtype=torch.float).clamp(min=1)
+    if items[0][1].dim() == 0:                      # classify: every class equally often
+        classes = torch.stack([label for _, label in items])
+        per_class = torch.zeros(int(classes.max()) + 1).index_add_(0, classes, sizes)
+        sizes = sizes / per_class[classes]
+    files = torch.multinomial(sizes, batch, replacement=True, generator=gen).tolist()
     xs, ys = [], []
     for f in files:
         ids, label = items[f]
