@@ -27,7 +27,7 @@ from seqserve.tasks import run_graph
 from seqserve.tasks.signature import signature_problems
 from seqserve.tasks.spec import GraphSpec, example_inputs
 
-DEFAULTS = {"gpt": ("dynamo", 23)}          # family -> (exporter, opset)
+DEFAULTS = {"gpt": ("dynamo", 23), "transformer": ("dynamo", 23)}   # family -> (exporter, opset)
 RECURRENT_DEFAULT = ("torchscript", 17)
 
 
@@ -47,7 +47,7 @@ class GraphModule(torch.nn.Module):
 
 def export_graph(model, graph: GraphSpec, path, exporter: str, opset: int) -> None:
     # Distinct, >1 example sizes: torch.export specializes sizes 0/1 and unifies equal sizes.
-    feeds = example_inputs(graph, {"batch": 2, "sequence": 3, "past_sequence": 5},
+    feeds = example_inputs(graph, {"batch": 2, "sequence": 3, "past_sequence": 5, "source_sequence": 7},
                            np.random.default_rng(0), model.spec().io.get("vocab_size"))
     args = tuple(torch.from_numpy(feeds[n]) for n in graph.input_names)
     module = GraphModule(model, graph).eval()

@@ -57,12 +57,13 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def beam_search(backend, ids: list[int], params: BeamParams, eos_id: int) -> list[Hypothesis]:
-    """One prompt (token ids) -> up to `beams` hypotheses, best first."""
+def beam_search(backend, ids: list[int], params: BeamParams, eos_id: int, start: dict | None = None) -> list[Hypothesis]:
+    """One prompt (token ids) -> up to `beams` hypotheses, best first. start: the step state and
+    constants its once graphs computed (loop.start_values), batch 1; select() copies them per beam."""
     p = params
     if not ids:
         raise SeqserveError("the prompt is empty; give at least one token")
-    logits, state = prefill(backend, ids)
+    logits, state = prefill(backend, ids, start)
     finished: list[Hypothesis] = []
     # rows: (tokens so far, log-probability so far); all start from the one prefilled row
     rows: list[tuple[tuple[int, ...], float]] = [((), 0.0)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from seqserve.tasks.spec import MASK, PAST, POSITIONS, TOKENS, GraphSpec, resolve_dims
+from seqserve.tasks.spec import MASK, PAST, POSITIONS, SOURCE, TOKENS, GraphSpec, resolve_dims
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,16 @@ class DecodeState:
         mask = None
         if parts[0].mask is not None:
             mask = np.concatenate([_left_pad(p.mask, 1, width - p.mask.shape[1]) for p in parts])
-        # Constants of equal shape stack on the batch axis (one padded along a source axis would
-        # need that axis and its mask named in the spec: seq2seq, not built yet).
-        fixed = {k: backend.from_host(np.concatenate([backend.to_host(p.fixed[k]) for p in parts]))
-                 for k in parts[0].fixed}
+        # Constants stack on the batch axis; sources of different lengths are right-padded along
+        # the source axis (zeros: the source mask, a constant too, then masks the padding).
+        fixed = {}
+        for k in parts[0].fixed:
+            host = [backend.to_host(p.fixed[k]) for p in parts]
+            axes = [i for i, d in enumerate(spec.input(k).dims) if d == SOURCE]
+            for ax in axes:
+                n = max(h.shape[ax] for h in host)
+                host = [np.pad(h, [(0, n - h.shape[ax]) if i == ax else (0, 0) for i in range(h.ndim)]) for h in host]
+            fixed[k] = backend.from_host(np.concatenate(host))
         return DecodeState(spec, state, mask, np.concatenate([p.positions for p in parts]), fixed)
 
     def select(self, rows, backend) -> "DecodeState":

@@ -24,7 +24,7 @@ import numpy as np
 from seqserve.errors import SeqserveError
 from seqserve.generation.cache import DecodeState
 from seqserve.generation.sampling import SamplingParams, make_rngs, sample_next
-from seqserve.tasks.spec import LOGITS
+from seqserve.tasks.spec import LOGITS, TOKENS
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ def start_values(once, inputs: dict, step) -> dict:
             raise SeqserveError(f"the {b.spec.name} graph needs inputs {missing}; got {sorted(inputs)}")
         out = b.run({n: values[n] for n in b.spec.input_names})
         values.update({k: b.to_host(v) for k, v in out.items()})
-    return {n: values[n] for n in step.input_names if n in values and n not in inputs}
+    # Once-graph inputs the step also takes (an encoder's source mask) are constants for it too.
+    tokens = step.roles.get(TOKENS)
+    return {n: values[n] for n in step.input_names if n in values and n != tokens}
 
 
 @dataclass

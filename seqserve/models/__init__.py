@@ -20,6 +20,7 @@ from seqserve.models.encoder import EncoderConfig, SequenceEncoderModel
 from seqserve.models.conditioned import ConditionedConfig, ConditionedLM
 from seqserve.models.gpt import GPT, GPTConfig
 from seqserve.models.recurrent import RecurrentConfig, RecurrentLM
+from seqserve.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,12 @@ FAMILIES: dict[str, Family] = {
                           {"tiny": dict(embed_dim=16, hidden_size=32, num_layers=1),
                            "small": dict(embed_dim=32, hidden_size=128, num_layers=1)},
                           recurrent=False, default_lr=1e-2, task="conditioned"),
+    # Encoder-decoder Transformer (task translate: encoder once with cross K/V, then decoder steps),
+    # trained on numbers in digits -> words (seqserve/data/translation.py).
+    "transformer": Family("transformer", TransformerConfig, TransformerSeq2Seq,
+                          {"tiny": dict(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, d_ff=64),
+                           "small": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=256)},
+                          recurrent=False, default_lr=1e-3, task="translate"),
 }
 
 
@@ -106,4 +113,4 @@ def build_model(family: str, config):
 
 
 __all__ = ["ConditionedConfig", "ConditionedLM", "FAMILIES", "EncoderConfig", "Family", "GPT", "GPTConfig", "RecurrentConfig", "RecurrentLM",
-           "SequenceEncoderModel", "build_model", "config_from_dict", "get_family", "make_config"]
+           "SequenceEncoderModel", "TransformerConfig", "TransformerSeq2Seq", "build_model", "config_from_dict", "get_family", "make_config"]

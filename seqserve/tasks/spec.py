@@ -22,6 +22,7 @@ BATCH = "batch"
 SEQ = "sequence"          # new tokens in this call
 PAST = "past_sequence"    # tokens already in a KV cache
 TOTAL = "total_sequence"  # past + new (attention mask, present KV)
+SOURCE = "source_sequence"  # an encoder's source positions (source ids and mask, cross K/V)
 
 # Tensor roles. Readers look tensors up by these; names are the task's business.
 TOKENS = "token_ids"            # int64 [B, S]: the tokens a graph consumes
@@ -251,9 +252,9 @@ def example_inputs(graph: GraphSpec, sizes: dict[str, int], rng, vocab: int | No
     feeds = {}
     for t in graph.inputs:
         shape = resolve_dims(t, sizes)
-        if t.role == TOKENS:
+        if t.role in (TOKENS, SOURCE_TOKENS):
             feeds[t.name] = rng.integers(0, vocab, shape, dtype=np.int64)
-        elif t.role == MASK:
+        elif t.role in (MASK, SOURCE_MASK):
             feeds[t.name] = np.ones(shape, dtype=np.int64)
         elif t.role == POSITIONS:
             feeds[t.name] = np.broadcast_to(np.arange(past, past + shape[1], dtype=np.int64), shape).copy()
