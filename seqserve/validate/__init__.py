@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqserve.export import load_export
-from seqserve.validate import labelled, parity, static
+from seqserve.validate import encdec, labelled, parity, static
 from seqserve.validate.report import render_report
 from seqserve.validate.results import CHECKS, CheckResult, ValidateConfig, ValidationReport
 from seqserve.validate.target import Target
@@ -35,6 +35,10 @@ _BY_TASK = {
            "greedy_generation": None}
     for task in ("classify", "tag")
 }
+# Encoder-decoder tasks: the shape grid over sources, the chain from the encoder, beams (encdec.py).
+_BY_TASK["translate"] = {"torch_vs_ort": (encdec.torch_vs_ort, "comparing torch and ONNX Runtime over sources and targets"),
+                         "incremental_vs_full": (encdec.incremental_vs_full, "comparing encoder + steps with the full graph"),
+                         "greedy_generation": (encdec.greedy_generation, "comparing generation (greedy, sampled, beams) torch vs ORT")}
 
 
 def validate_export(path: str | Path, config: ValidateConfig = ValidateConfig(), progress=None) -> ValidationReport:
