@@ -38,6 +38,7 @@ class TransformerConfig:
     max_seq_len: int = 64        # longest source and longest target (sinusoidal positions)
     dropout: float = 0.0         # attention/residual dropout (training only)
     tie_weights: bool = True     # share the (one, both-sides) token embedding and the head
+    source_chars: str = ""       # characters of the training sources ("" = any in the vocabulary)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "n_enc_layers", "n_dec_layers", "d_ff", "max_seq_len"):
@@ -222,7 +223,8 @@ class TransformerSeq2Seq(nn.Module):
                               [(n, (BATCH, c.n_heads, SOURCE, c.head_dim)) for n in self._cross_names],
                               extra={"n_enc_layers": c.n_enc_layers, "n_dec_layers": c.n_dec_layers,
                                      "n_heads": c.n_heads, "head_dim": c.head_dim, "max_seq_len": c.max_seq_len,
-                                     "max_source_len": c.max_seq_len})
+                                     "max_source_len": c.max_seq_len},
+                              io={"max_source_len": c.max_seq_len, **({"source_chars": c.source_chars} if c.source_chars else {})})
 
     def run_encoder(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         memory, cross = self.encode(inputs[SOURCE_IDS], inputs[SOURCE_MASK_NAME])

@@ -45,10 +45,11 @@ def cross_cache_names(layer: int) -> list[str]:
 
 
 def translate_spec(family: str, vocab_size: int, d_model: int, state: list[tuple[str, str, tuple, int | None]],
-                   constants: list[tuple[str, tuple]], extra: dict, attention: bool = False) -> TaskSpec:
+                   constants: list[tuple[str, tuple]], extra: dict, io: dict, attention: bool = False) -> TaskSpec:
     """state: (input, output, input dims, seq_axis) per step state pair (a KV cache grows along
     seq_axis and then brings attention_mask/position_ids); constants: (name, dims) per encoder
-    output the step takes unchanged; attention: the step also returns attention_weights [B, T, SRC]."""
+    output the step takes unchanged; io: max_source_len, source_chars (what a source may hold);
+    attention: the step also returns attention_weights [B, T, SRC]."""
     src = TensorSpec(SOURCE_IDS, "int64", (BATCH, SOURCE), SOURCE_TOKENS)
     src_mask = TensorSpec(SOURCE_MASK_NAME, "int64", (BATCH, SOURCE), SOURCE_MASK)
     memory = TensorSpec(MEMORY, "float32", (BATCH, SOURCE, d_model))
@@ -70,7 +71,7 @@ def translate_spec(family: str, vocab_size: int, d_model: int, state: list[tuple
         STEP_GRAPH: GraphSpec(STEP_GRAPH, (ids, *positional, src_mask, *past, *consts),
                               (logits, *present, *weights), tuple(pairs), STEP),
         FULL_GRAPH: GraphSpec(FULL_GRAPH, (src, src_mask, ids), (logits,), (), FULL),
-    }, extra, io={"bos": True, "shared_vocab": True, "vocab_size": vocab_size})
+    }, extra, io={"bos": True, "shared_vocab": True, "vocab_size": vocab_size, **io})
 
 
 def run_graph(model, graph: GraphSpec, inputs: dict) -> dict:
@@ -82,20 +83,28 @@ def run_graph(model, graph: GraphSpec, inputs: dict) -> dict:
     return model.run_step(inputs)
 
 
-def source_inputs(tokenizer, text: str, max_source: int | None = None) -> dict:
+def source_inputs(spec: TaskSpec, tokenizer, text: str) -> dict:
     """One source text -> the encoder's inputs (batch 1): source_ids and an all-ones source_mask.
-    SeqserveError for an empty text, characters outside the vocabulary, or too many positions."""
+    SeqserveError (saying what was expected) for an empty text, characters that never appeared in
+    a training source (io["source_chars"]), or more tokens than io["max_source_len"]."""
     if not isinstance(text, str) or not text:
         raise SeqserveError("the source text is empty; give at least one character")
+    allowed = spec.io.get("source_chars")
+    if allowed:
+        bad = sorted({c for c in text if c not in allowed})
+        if bad:
+            raise SeqserveError(f"the source has {len(bad)} character(s) outside the source vocabulary: "
+                                f"{', '.join(map(repr, bad[:10]))} (expected only {allowed!r})")
     ids = tokenizer.encode(text)        # SeqserveError naming characters outside the vocabulary
-    if max_source is not None and len(ids) > max_source:
-        raise SeqserveError(f"the source has {len(ids)} tokens; the model has {max_source} source positions")
+    limit = spec.io.get("max_source_len")
+    if limit is not None and len(ids) > limit:
+        raise SeqserveError(f"the source has {len(ids)} characters; the model takes at most {limit}")
     return {SOURCE_IDS: np.asarray([ids], np.int64), SOURCE_MASK_NAME: np.ones((1, len(ids)), np.int64)}
 
 
-def pad_sources(tokenizer, texts: list[str], max_source: int | None = None) -> dict:
-    """Several source texts -> source_ids / source_mask [N, longest], right-padded with <pad>, mask 0."""
-    rows = [source_inputs(tokenizer, t, max_source)[SOURCE_IDS][0] for t in texts]
+def pad_sources(spec: TaskSpec, tokenizer, texts: list[str]) -> dict:
+    """Several source texts -> source_ids / source_mask [N, longest], right-padded (<pad>, mask 0)."""
+    rows = [source_inputs(spec, tokenizer, t)[SOURCE_IDS][0] for t in texts]
     n = max(len(r) for r in rows)
     ids = np.full((len(rows), n), tokenizer.pad_id, np.int64)
     mask = np.zeros((len(rows), n), np.int64)
@@ -112,22 +121,22 @@ def examples(raw: dict) -> tuple[list[str], list[str]]:
     return [str(e["source"]) for e in ex], [str(e["target"]) for e in ex]
 
 
-def translate(backends, tokenizer, sources: list[str], params, max_source: int | None = None,
-              max_context: int | None = None):
-    """Generate a target for every source through the one decoding loop: backends = (encoder, step);
-    params: SamplingParams (TokenEvents, streamed) or BeamParams (a list of hypotheses per source)."""
+def generate_targets(encoder, step, spec: TaskSpec, tokenizer, sources: list[str], params):
+    """A target for every source through the one decoding loop (encoder once, then step):
+    params SamplingParams -> TokenEvents as they come (index = the source's); BeamParams -> a list
+    of BeamText hypotheses per source, best first. Sources are checked before any work."""
     from seqserve.generation import Chain, generate
     from seqserve.generation.beam import BeamParams, BeamText, beam_search
     from seqserve.generation.loop import start_values
 
-    encoder, step = backends
-    inputs = [source_inputs(tokenizer, s, max_source) for s in sources]
+    inputs = [source_inputs(spec, tokenizer, s) for s in sources]
+    limit = spec.extra.get("max_seq_len")
+    if limit is not None and params.max_tokens > limit:
+        raise SeqserveError(f"max_tokens {params.max_tokens} exceeds the model's {limit} target positions")
     if not isinstance(params, BeamParams):
-        return generate(step, tokenizer, [""] * len(sources), params, max_context, Chain((encoder,), bos=True), inputs)
+        return generate(step, tokenizer, [""] * len(sources), params, None, Chain((encoder,), bos=True), inputs)
     out = []
-    for x in inputs:
-        if max_context is not None and params.max_tokens > max_context:
-            raise SeqserveError(f"max_tokens {params.max_tokens} exceeds the model's {max_context} target positions")
+    for x in inputs:    # the encoder once per source; select() copies its outputs to every beam row
         hyps = beam_search(step, [tokenizer.bos_id], params, tokenizer.eos_id, start_values((encoder,), x, step.spec))
         out.append([BeamText(tokenizer.decode([t for t in h.tokens if t != tokenizer.eos_id]), h.score,
                              h.finish_reason, h.tokens) for h in hyps])

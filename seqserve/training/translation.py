@@ -97,7 +97,9 @@ def train(cfg, out: str | Path, resume=None, progress=None):
         model, tok = ckpt.model.train(), ckpt.tokenizer
     else:
         tok = Tokenizer.fit(data.text, "char")
-        model = build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, **cfg.model_overrides))
+        chars = "".join(sorted(set("".join(data.train.sources))))
+        model = build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, source_chars=chars,
+                                                    **cfg.model_overrides))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step, history = 0, []
     if resume:

@@ -152,17 +152,18 @@ def greedy_generation(t: Target) -> list[CheckResult]:
 def _generation_rows(t: Target, sources: list[str], params, cases: list[str]) -> list[CheckResult]:
     from seqserve.generation import generate_text
     from seqserve.generation.beam import BeamParams
-    from seqserve.tasks.translate import translate
+    from seqserve.tasks.translate import generate_targets
 
     tok, spec = t.info.tokenizer, t.info.spec
     names = (spec.once[0].name, spec.step.name)
 
     def run(kind: str):
-        backends = tuple(getattr(t, kind)(g) for g in names)
+        encoder, step = (getattr(t, kind)(g) for g in names)
+        out = generate_targets(encoder, step, spec, tok, sources, params)
         if isinstance(params, BeamParams):
             return [SimpleNamespace(tokens=[x for h in hyps for x in (*h.tokens, -1)], text=hyps[0].text)
-                    for hyps in translate(backends, tok, sources, params)]
-        events = translate(backends, tok, sources, params)
+                    for hyps in out]
+        events = out
         out = [SimpleNamespace(tokens=[], text="") for _ in sources]
         for ev in events:
             out[ev.index].tokens.append(ev.token)
