@@ -149,6 +149,10 @@ def test_package_writes_the_scoring_models_and_the_label_file(labelled, tmp_path
     labels = load_export(labelled("classifier", "lstm")).spec.io["labels"]
     assert (root / "classifier" / "labels.txt").read_text().splitlines() == labels
     assert 'label_filename: "labels.txt"' in (root / "classifier" / "config.pbtxt").read_text()
+    from seqserve.validate.repository import validate_repository
+
+    report = validate_repository(root)     # configs == ONNX, the onnxruntime backend's rules, every graph runs
+    assert report.passed, [r for r in report.checks if not r.passed]
 
 
 def _infer(server, model, ids, proto, class_count=None, output="class_logits"):

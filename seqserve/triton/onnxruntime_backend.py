@@ -446,6 +446,8 @@ def first_request(cfg, graph: str | Path | bytes) -> list[str]:
     the logits must come back finite, [1, 2, V]."""
     from tritonclient.grpc import model_config_pb2 as mc
 
+    from seqserve.tasks.classify import OUTPUT_NAME as CLASS_OUTPUT
+
     inputs = {}
     for io in cfg.input:
         if io.optional:
@@ -461,9 +463,11 @@ def first_request(cfg, graph: str | Path | bytes) -> list[str]:
         out = SequenceModel(cfg, graph, strict=False).infer(inputs, corrid=1, start=True, end=True)
     except Exception as e:  # noqa: BLE001 - the failure Triton would answer is the problem
         return [f"the first request fails as Triton feeds it: {str(e).splitlines()[0] if str(e) else e!r}"]
-    logits = out.get("logits")
-    if logits is None or logits.shape[:2] != (1, 2) or not np.isfinite(logits).all():
-        return [f"the first request as Triton feeds it returned logits of shape "
+    # causal-lm: logits [1, 2, V]; classify/tag: the config's one output, class [1, C] / tag [1, 2, T]
+    name = "logits" if "logits" in out or not cfg.output else cfg.output[0].name
+    logits, want = out.get(name), (1, 2) if name != CLASS_OUTPUT else (1,)
+    if logits is None or logits.shape[:len(want)] != want or not np.isfinite(logits).all():
+        return [f"the first request as Triton feeds it returned {name} of shape "
                 f"{None if logits is None else list(logits.shape)} or non-finite values"]
     return []
 

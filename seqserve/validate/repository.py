@@ -100,20 +100,23 @@ def _version_rows(folder: Path, where: str, cfg, kind: str, graph: str, python_m
 def _runs(served, where: str, graph: str) -> CheckResult:
     from seqserve.runtime import RuntimeOptions
     from seqserve.runtime.ort import OrtBackend
-    from seqserve.tasks.spec import example_inputs
+    from seqserve.tasks.spec import CLASS_LOGITS, LOGITS, TAG_LOGITS, example_inputs, resolve_dims
 
     case = "batch=1 sequence=2 past=0"
     try:
         backend = OrtBackend(served.info, graph, RuntimeOptions(intra_op_threads=1))
         spec = served.info.graph(graph)
-        feeds = example_inputs(spec, {"batch": 1, "sequence": 2},
-                               np.random.default_rng(0))
+        sizes = {"batch": 1, "sequence": 2}
+        feeds = example_inputs(spec, sizes, np.random.default_rng(0), served.info.spec.io.get("vocab_size"))
         out = backend.run(feeds)
-        logits = out["logits"]
-        vocab = served.info.tokenizer.vocab_size
-        if logits.shape != (1, 2, vocab) or not np.isfinite(logits).all():
+        # the scores the graph returns: next-token logits [1, 2, V]; class [1, C] or tag [1, 2, T] logits
+        name = spec.roles[LOGITS] or spec.roles[CLASS_LOGITS] or spec.name_of(TAG_LOGITS)
+        logits, want = out[name], resolve_dims(spec.output(name), sizes)
+        if spec.roles[LOGITS] and want[-1] != served.info.tokenizer.vocab_size:
+            want = (*want[:-1], served.info.tokenizer.vocab_size)
+        if logits.shape != want or not np.isfinite(logits).all():
             return CheckResult("runs", where, case, False,
-                               detail=f"logits have shape {list(logits.shape)} (expected [1, 2, {vocab}]) "
+                               detail=f"{name} have shape {list(logits.shape)} (expected {list(want)}) "
                                       f"or non-finite values")
     except Exception as e:      # noqa: BLE001 - a graph ORT cannot load or run is this row's failure
         msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
