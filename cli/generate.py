@@ -55,7 +55,13 @@ def command(
 
         if not model:
             raise SeqserveError("--url needs --model: the name of the generation model on that server")
-        events = RemoteGenerator(url, model, api_key=api_key or os.environ.get("SEQSERVE_API_KEY")).generate(prompt, params)
+        remote = RemoteGenerator(url, model, api_key=api_key or os.environ.get("SEQSERVE_API_KEY"))
+        if features is not None or examples:      # conditioned: the server checks the width
+            if examples:
+                raise SeqserveError("--examples reads an export folder's sidecar; with --url give --features FILE.npy")
+            prompt, inputs, _ = _remote_features(prompt, features)
+            return _show_conditioned(prompt, None, remote.generate(prompt, params, inputs))
+        events = remote.generate(prompt or [], params)
     else:
         from seqserve.export import load_export
         from seqserve.generation import generate
@@ -130,6 +136,24 @@ def _once_inputs(info, prompt, features, examples):
         raise SeqserveError(f"give one --prompt for all {len(feats)} feature vectors, or one each; got {len(prefixes)}")
     name = info.spec.once[0].name_of(FEATURES)
     return prefixes, [{name: np.ascontiguousarray(feats[i:i + 1])} for i in range(len(feats))], refs
+
+
+def _remote_features(prompt, features):
+    """--url --features: one request per vector of the .npy file (the server checks the width)."""
+    import numpy as np
+
+    from seqserve.errors import SeqserveError
+    from seqserve.tasks import conditioned
+
+    try:
+        feats = np.load(features, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SeqserveError(f"cannot read features from {features}: {e} (expected a .npy file [N, F])") from None
+    feats = conditioned.check_features(feats, feats.shape[-1] if feats.ndim else 0, f"features in {features}")
+    prefixes = list(prompt or [""]) * (len(feats) if len(prompt or [""]) == 1 else 1)
+    if len(prefixes) != len(feats):
+        raise SeqserveError(f"give one --prompt for all {len(feats)} feature vectors, or one each; got {len(prefixes)}")
+    return prefixes, [{conditioned.FEATURES_NAME: f} for f in feats], None
 
 
 def _show_conditioned(prefixes, refs, events) -> None:

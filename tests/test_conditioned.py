@@ -321,3 +321,23 @@ def test_loadtest_drives_generate_with_synthesized_features(served, proto):
     lv = res["levels"][0]
     assert lv["ok"] > 0 and lv["errors"] == 0, lv["error_kinds"]
     assert lv["streaming"]["tokens_per_request"]["mean"] >= 1
+
+
+@pytest.mark.slow
+def test_cli_generate_url_with_features_prints_what_the_export_gives(export, served, tmp_path):
+    from seqserve.export import load_export
+    from seqserve.tasks.conditioned import examples
+
+    feats, _ = examples(load_export(export).raw, 64)
+    np.save(tmp_path / "f.npy", feats[:2])
+    want = _reference(export, feats[:2])
+    local = run("generate", export, "--features", tmp_path / "f.npy", "--greedy", "--max-tokens", 8)
+    assert local.exit_code == 0, local.output
+    for url in (served.http_url, served.grpc_url):
+        res = run("generate", "--url", url, "--model", "cap", "--features", tmp_path / "f.npy", "--greedy",
+                  "--max-tokens", 8)
+        assert res.exit_code == 0, res.output
+        assert res.output == local.output and all(w in res.output for w in want)
+    np.save(tmp_path / "bad.npy", feats[:1, :3])
+    assert_one_line_error(run("generate", "--url", served.http_url, "--model", "cap", "--features",
+                              tmp_path / "bad.npy"), "features", "64")

@@ -5,7 +5,8 @@ takes `text_input` (+ sampling inputs) and streams `text_output` / `finish_reaso
 - http(s)://HOST:PORT  → POST /v2/models/{m}/generate_stream, server-sent events;
 - grpc://HOST:PORT     → tritonclient.grpc bidirectional stream (ModelStreamInfer).
 Several prompts run as concurrent streams (the server batches them). Events come back as the
-local loop's TokenEvent (token ids are not sent over the wire: token = -1).
+local loop's TokenEvent (token ids are not sent over the wire: token = -1). A conditioned model
+also takes per-prompt tensors (`inputs`: {"features": float32 [F]}), sent as FP32 inputs.
 """
 
 from __future__ import annotations
@@ -101,18 +102,20 @@ class RemoteGenerator:
 
     # -- streaming -------------------------------------------------------------------------------
 
-    def stream(self, prompt: str, params: SamplingParams) -> Iterator[tuple[str, str | None]]:
-        """(text piece, finish_reason or None) as the server sends them."""
+    def stream(self, prompt: str, params: SamplingParams, inputs: dict | None = None) -> Iterator[tuple[str, str | None]]:
+        """(text piece, finish_reason or None) as the server sends them; `inputs`: more request
+        tensors by name (conditioned: features float32 [F])."""
         if self.scheme == "grpc":
-            yield from self._stream_grpc(prompt, params)
+            yield from self._stream_grpc(prompt, params, inputs or {})
         else:
-            yield from self._stream_sse(prompt, params)
+            yield from self._stream_sse(prompt, params, inputs or {})
 
-    def _stream_sse(self, prompt, params):
+    def _stream_sse(self, prompt, params, extra):
         c = self._connection()
         try:
+            fields = {**request_fields(prompt, params), **{k: v.reshape(-1).tolist() for k, v in extra.items()}}
             c.request("POST", f"/v2/models/{self.model}/generate_stream",
-                      body=json.dumps(request_fields(prompt, params)).encode(),
+                      body=json.dumps(fields).encode(),
                       headers={"Content-Type": "application/json", "Accept": "text/event-stream", **self._headers()})
             r = c.getresponse()
             if r.status != 200:
@@ -133,7 +136,7 @@ class RemoteGenerator:
         finally:
             c.close()
 
-    def _stream_grpc(self, prompt, params):
+    def _stream_grpc(self, prompt, params, extra):
         import numpy as np
         import tritonclient.grpc as g
 
@@ -147,6 +150,11 @@ class RemoteGenerator:
             arr = np.array([x.encode() for x in v] if k == "stop" else
                            [v.encode() if isinstance(v, str) else v], dtype=np_t)
             t = g.InferInput(k, list(arr.shape), dt)
+            t.set_data_from_numpy(arr)
+            inputs.append(t)
+        for k, v in extra.items():
+            arr = np.ascontiguousarray(v.reshape(-1), dtype=np.float32)
+            t = g.InferInput(k, list(arr.shape), "FP32")
             t.set_data_from_numpy(arr)
             inputs.append(t)
         q: queue.Queue = queue.Queue()
@@ -175,17 +183,20 @@ class RemoteGenerator:
             client.stop_stream(cancel_requests=True)
             client.close()
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> Iterator[TokenEvent]:
-        """All prompts as concurrent streams; TokenEvents in arrival order."""
+    def generate(self, prompts: list[str], params: SamplingParams,
+                 inputs: list[dict] | None = None) -> Iterator[TokenEvent]:
+        """All prompts as concurrent streams; TokenEvents in arrival order. `inputs`: per prompt,
+        more request tensors (conditioned: {"features": [F]})."""
+        extra = inputs or [{}] * len(prompts)
         if len(prompts) == 1:
-            for text, finish in self.stream(prompts[0], params):
+            for text, finish in self.stream(prompts[0], params, extra[0]):
                 yield TokenEvent(0, -1, text, finish)
             return
         q: queue.Queue = queue.Queue()
 
         def run(i, prompt):
             try:
-                for text, finish in self.stream(prompt, params):
+                for text, finish in self.stream(prompt, params, extra[i]):
                     q.put(TokenEvent(i, -1, text, finish))
             except BaseException as e:  # noqa: BLE001 — handed to the consumer thread
                 q.put(e)
