@@ -68,6 +68,9 @@ def command(
         from seqserve.runtime import RuntimeOptions, make_backend
 
         info = load_export(export)
+        if info.task in ("seq2seq", "translate"):      # encoder-decoders: the prompt is the source text
+            return _seq2seq(info, prompt, features, examples, backend, RuntimeOptions(device=device, intra_op_threads=threads),
+                            params if beams == 1 else BeamParams(beams=beams, max_tokens=max_tokens, length_penalty=length_penalty))
         once = _once_inputs(info, prompt, features, examples)
         if once is not None:        # a chain that starts from features (conditioned)
             if beams != 1:
@@ -107,6 +110,52 @@ def _beams(backend, info, prompts: list[str], params) -> None:
         for i, h in enumerate(hyps):
             t.add_row(str(i), f"{h.score:.4f}", h.finish_reason, Text(h.text))
         err_console.print(t)
+
+
+def _seq2seq(info, prompt, features, examples, backend, options, params) -> None:
+    """seq2seq: each --prompt (or the sidecar's example sources) -> its target, through the chain
+    (encoder once, then decoder steps). One source: the target streams to stdout; beams and
+    examples: a table (the best target of each source on stdout with beams)."""
+    from rich.table import Table
+
+    from seqserve.errors import SeqserveError
+    from seqserve.generation.beam import BeamParams
+    from seqserve.runtime import make_chain
+    from seqserve.tasks import task_module
+
+    seq2seq = task_module(info.task)        # seq2seq or translate: the same examples / generate_targets
+    if features is not None:
+        raise SeqserveError(f"--features applies to the conditioned task; this export is {info.task} (give --prompt SOURCE)")
+    if bool(prompt) == examples:
+        raise SeqserveError("give --prompt SOURCE (repeatable; the text to translate) or --examples, not both or neither")
+    sources, refs = seq2seq.examples(info.raw) if examples else (list(prompt), None)
+    step, chain = make_chain(info, backend, options)
+    out = seq2seq.generate_targets(chain.once[0], step, info.spec, info.tokenizer, sources, params)
+    if isinstance(params, BeamParams):
+        for source, hyps in zip(sources, out):
+            sys.stdout.write(hyps[0].text + "\n")
+            t = Table(title=f"{len(hyps)} beams for {source!r}", title_justify="left")
+            for col in ("#", "score", "finish", "target"):
+                t.add_column(col)
+            for i, h in enumerate(hyps):
+                t.add_row(str(i), f"{h.score:.4f}", h.finish_reason, h.text)
+            err_console.print(t)
+        texts = [hyps[0].text for hyps in out]
+    elif len(sources) == 1 and refs is None:
+        return _stream_one("", out)
+    else:
+        texts, reasons = [""] * len(sources), [""] * len(sources)
+        for ev in out:
+            texts[ev.index] += ev.text
+            reasons[ev.index] = ev.finish_reason or reasons[ev.index]
+        t = Table()
+        for col in ("#", "source", "generated", *(("reference", "match") if refs else ()), "finish"):
+            t.add_column(col)
+        for i, (s, x) in enumerate(zip(sources, texts)):
+            t.add_row(str(i), s, x, *((refs[i], "yes" if x == refs[i] else "no") if refs else ()), reasons[i])
+        console.print(t)
+    if refs:
+        console.print(f"exact match {sum(x == r for x, r in zip(texts, refs))}/{len(refs)}")
 
 
 def _once_inputs(info, prompt, features, examples):

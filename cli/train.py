@@ -36,7 +36,9 @@ def command(
     nonlinearity: Annotated[Optional[str], typer.Option(help=f"rnn only: tanh or relu. Default: tanh ({KEEP}).", show_default=False)] = None,
     positional: Annotated[Optional[str], typer.Option(help=f"gpt only: learned or sinusoidal. Default: learned ({KEEP}).", show_default=False)] = None,
     encoder: Annotated[Optional[str], typer.Option(help=f"classifier/tagger only: rnn, lstm, gru or transformer. Default: lstm ({KEEP}).", show_default=False)] = None,
-    bidirectional: Annotated[Optional[bool], typer.Option("--bidirectional/--no-bidirectional", help=f"tagger with a recurrent encoder only: read both ways (then no step graph). Default: off ({KEEP}).", show_default=False)] = None,
+    bidirectional: Annotated[Optional[bool], typer.Option("--bidirectional/--no-bidirectional", help=f"tagger with a recurrent encoder, or seq2seq: the encoder reads both ways (tagger: then no step graph). Default: off ({KEEP}).", show_default=False)] = None,
+    cell: Annotated[Optional[str], typer.Option(help=f"seq2seq only: gru or lstm (encoder and decoder). Default: gru ({KEEP}).", show_default=False)] = None,
+    attention: Annotated[Optional[str], typer.Option(help=f"seq2seq only: none, dot (Luong), general (Luong) or additive (Bahdanau). Default: additive ({KEEP}).", show_default=False)] = None,
     tie_weights: Annotated[Optional[bool], typer.Option("--tie-weights/--no-tie-weights", help=f"Share embedding and head weights. Default: on for gpt, off for rnn/lstm/gru; tying a recurrent model widens its embedding to the preset's hidden size ({KEEP}).", show_default=False)] = None,
     max_corpus_mb: Annotated[Optional[float], typer.Option(help=f"Read at most this much text. Default: 4.0 ({KEEP}).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Random seed. Default: 0 ({MAY_CHANGE}).", show_default=False)] = None,
@@ -75,9 +77,13 @@ def command(
         fam = get_family(family or DEFAULTS["family"])
         _check_family_flags(fam.name, nonlinearity, positional)
         overrides = {"nonlinearity": nonlinearity, "positional": positional, "tie_weights": tie_weights,
-                     "encoder": encoder, "bidirectional": bidirectional}
-        if (encoder is not None or bidirectional is not None) and fam.name not in ("classifier", "tagger"):
-            raise SeqserveError(f"--encoder/--bidirectional apply to --family classifier or tagger, not {fam.name}")
+                     "encoder": encoder, "bidirectional": bidirectional, "cell": cell, "attention": attention}
+        if encoder is not None and fam.name not in ("classifier", "tagger"):
+            raise SeqserveError(f"--encoder applies to --family classifier or tagger, not {fam.name}")
+        if bidirectional is not None and fam.name not in ("classifier", "tagger", "seq2seq"):
+            raise SeqserveError(f"--bidirectional applies to --family classifier, tagger or seq2seq, not {fam.name}")
+        if (cell is not None or attention is not None) and fam.name != "seq2seq":
+            raise SeqserveError(f"--cell/--attention apply to --family seq2seq, not {fam.name}")
         if layers is not None:
             overrides["n_layers" if fam.name == "gpt" else "num_layers"] = layers
         given = dict(preset=preset, batch_size=batch_size, seq_len=seq_len, tokenizer=tokenizer)

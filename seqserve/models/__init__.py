@@ -20,6 +20,7 @@ from seqserve.models.encoder import EncoderConfig, SequenceEncoderModel
 from seqserve.models.conditioned import ConditionedConfig, ConditionedLM
 from seqserve.models.gpt import GPT, GPTConfig
 from seqserve.models.recurrent import RecurrentConfig, RecurrentLM
+from seqserve.models.seq2seq import Seq2Seq, Seq2SeqConfig
 from seqserve.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 
@@ -77,6 +78,12 @@ FAMILIES: dict[str, Family] = {
                           {"tiny": dict(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, d_ff=64),
                            "small": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=256)},
                           recurrent=False, default_lr=1e-3, task="translate"),
+    # RNN encoder-decoder with Luong/Bahdanau attention (task seq2seq), numbers in digits -> words;
+    # --cell/--attention/--bidirectional pick the variant (seqserve/models/seq2seq.py).
+    "seq2seq": Family("seq2seq", Seq2SeqConfig, Seq2Seq,
+                      {"tiny": dict(embed_dim=16, hidden_size=32, num_layers=1),
+                       "small": dict(embed_dim=64, hidden_size=128, num_layers=1)},
+                      recurrent=False, default_lr=3e-3, task="seq2seq"),
 }
 
 

@@ -26,7 +26,8 @@ DEFAULT_STEPS = 200
 UNBOUNDED_STEPS = 1_000_000_000   # "train until --minutes runs out": more steps than any budget allows
 # task -> module whose train(cfg, out, resume, progress) trains families of that task
 TASK_TRAINERS = {"conditioned": "seqserve.training.conditioned", "classify": "seqserve.training.labelled",
-                 "tag": "seqserve.training.labelled", "translate": "seqserve.training.translation"}
+                 "tag": "seqserve.training.labelled", "translate": "seqserve.training.translation",
+                 "seq2seq": "seqserve.training.seq2seq"}
 
 
 class TrainingInterrupted(KeyboardInterrupt):

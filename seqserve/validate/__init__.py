@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqserve.export import load_export
-from seqserve.validate import encdec, labelled, parity, static
+from seqserve.validate import encdec, labelled, parity, seq2seq, static
 from seqserve.validate.report import render_report
 from seqserve.validate.results import CHECKS, CheckResult, ValidateConfig, ValidationReport
 from seqserve.validate.target import Target
@@ -39,6 +39,12 @@ _BY_TASK = {
 _BY_TASK["translate"] = {"torch_vs_ort": (encdec.torch_vs_ort, "comparing torch and ONNX Runtime over sources and targets"),
                          "incremental_vs_full": (encdec.incremental_vs_full, "comparing encoder + steps with the full graph"),
                          "greedy_generation": (encdec.greedy_generation, "comparing generation (greedy, sampled, beams) torch vs ORT")}
+_BY_TASK["seq2seq"] = {
+    "sidecar": (seq2seq.sidecar, "checking seqserve.json, its source characters and examples"),
+    "torch_vs_ort": _BY_TASK["translate"]["torch_vs_ort"],
+    "incremental_vs_full": (seq2seq.incremental_vs_full, "comparing encoder once + decoder steps with the full graph"),
+    "greedy_generation": _BY_TASK["translate"]["greedy_generation"],
+}
 
 
 def validate_export(path: str | Path, config: ValidateConfig = ValidateConfig(), progress=None) -> ValidationReport:
