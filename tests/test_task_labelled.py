@@ -127,6 +127,8 @@ def test_classify_cli_prints_labels_the_same_with_ort_and_torch(labelled):
     assert res["ort"].output.splitlines()[:4] == res["torch"].output.splitlines()[:4]
     bad = run("classify", path, "--text", "\u2603 snowman")
     assert bad.exit_code == 2 and "outside the model's vocabulary" in bad.output
+    gen = run("generate", path, "--prompt", "def ")
+    assert gen.exit_code == 2 and "does not generate text" in gen.output and "Traceback" not in gen.output
 
 
 # ---- packaging and serving ----------------------------------------------------------------------
