@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import COMMANDS
-from seqserve.models import FAMILIES
+from conftest import ALL_FAMILIES
 
 from helpers import assert_one_line_error, run
 
@@ -49,7 +49,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", ALL_FAMILIES)   # causal-lm; other tasks' CLI chains: their test modules
 def test_train_export_validate_generate(family, tmp_path):
     ckpt, exp, report = tmp_path / "ckpt", tmp_path / "onnx", tmp_path / "report.json"
     res = run("train", "--family", family, "--preset", "tiny", "--steps", "30", "--batch-size", "8",

@@ -341,3 +341,10 @@ def test_cli_generate_url_with_features_prints_what_the_export_gives(export, ser
     np.save(tmp_path / "bad.npy", feats[:1, :3])
     assert_one_line_error(run("generate", "--url", served.http_url, "--model", "cap", "--features",
                               tmp_path / "bad.npy"), "features", "64")
+
+
+def test_cli_train_prints_the_held_out_score(tmp_path):
+    res = run("train", "--family", "conditioned", "--preset", "tiny", "--steps", "5", "--eval-every", "5",
+              "--out", tmp_path / "ckpt")
+    assert res.exit_code == 0, res.output
+    assert "held-out exact match" in res.output and "token accuracy" in res.output
