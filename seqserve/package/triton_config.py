@@ -36,7 +36,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from seqserve.dtypes import TRITON_OF_NUMPY
 from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import ExportInfo
-from seqserve.tasks.spec import CLASS_LOGITS, GENERATE, MASK, POSITIONS, STEP, GraphSpec, TensorSpec
+from seqserve.tasks.spec import (CLASS_LOGITS, GENERATE, MASK, POSITIONS, SOURCE_MASK, SOURCE_TOKENS, STEP, GraphSpec,
+                                 TensorSpec)
 
 ModelConfig = mc.ModelConfig
 
@@ -215,7 +216,8 @@ def conditioning_inputs(spec) -> list[TensorSpec]:
     """What a generate request carries besides text: inputs of the once graphs that no once graph
     computes (conditioned: features [B, F])."""
     made = {n for g in spec.once for n in g.output_names}
-    return [t for g in spec.once for t in g.inputs if t.name not in made]
+    # an encoder's source ids and mask come from text_input (the source text), not as tensors
+    return [t for g in spec.once for t in g.inputs if t.name not in made and t.role not in (SOURCE_TOKENS, SOURCE_MASK)]
 
 
 def _native_graphs(info: ExportInfo, cfgs: dict[str, ModelConfig]) -> None:

@@ -335,7 +335,8 @@ def verify(original: bytes, rewritten: bytes, spec: GraphSpec, growing: bool) ->
             worst = max(worst, float(np.max(np.abs(u - w))) if u.size else 0.0)
 
     if not growing:
-        for sizes in ({"batch": 2, "sequence": 5}, {"batch": 1, "sequence": 1, "past_sequence": 3}):
+        for sizes in ({"batch": 2, "sequence": 5, "source_sequence": 4},
+                      {"batch": 1, "sequence": 1, "past_sequence": 3, "source_sequence": 2}):
             feeds = example_inputs(spec, sizes, rng)
             cmp(a.run(names, feeds), b.run(names, feeds))
         return worst

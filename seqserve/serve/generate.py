@@ -30,6 +30,7 @@ from seqserve.generation.sampling import SamplingParams, sample_rows
 from seqserve.serve.models import ServedModelBase, parameter
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
+from seqserve.tasks.spec import SOURCE_TOKENS
 
 SHUTDOWN_FINISH = "shutdown"      # finish_reason of streams the server ended when it stopped
 LAG_EVENTS = 64                   # queued pieces past which a lagging client gets them merged
@@ -71,6 +72,8 @@ class GenerateModel(ServedModelBase):
         made = {n for b in self.once for n in b.spec.output_names}
         self.conditioning = [t for b in self.once for t in b.spec.inputs if t.name not in made]
         self.bos = bool(self.once) and bool(self.info.spec.io.get("bos"))
+        # encoder-decoders (translate, seq2seq): text_input is the SOURCE; the target starts at <bos>
+        self.source = any(t.role == SOURCE_TOKENS for b in self.once for t in b.spec.inputs)
         self.worker = _GenerationScheduler(self)
         self.worker.start()
 
@@ -115,13 +118,19 @@ class GenerateModel(ServedModelBase):
         prompt = _text(text.reshape(-1)[0] if text is not None and text.size else b"", "text_input")
         params = self._params(req)
         try:
-            ids = ([self.tokenizer.bos_id] if self.bos else []) + self.tokenizer.encode(prompt)
+            if self.source:
+                from seqserve.tasks import task_module
+
+                source = task_module(self.info.spec.task).source_inputs(self.info.spec, self.tokenizer, prompt)
+            ids = ([self.tokenizer.bos_id] if self.bos else []) + ([] if self.source else self.tokenizer.encode(prompt))
         except SeqserveError as e:
             raise ServeError(400, f"text_input: {e}") from None
         if not ids:
             raise ServeError(400, "text_input is empty; give at least one character")
         once_inputs = None
-        if self.once:
+        if self.source:
+            once_inputs = source
+        elif self.once:
             once_inputs = {}
             for t in self.conditioning:        # dtype and shape: check_inputs, against the config
                 a = req.inputs[t.name]
