@@ -11,11 +11,14 @@ from cli.common import console
 
 
 def command(
-    export: Annotated[Path, typer.Argument(help="Export folder of a classifier or tagger (`seqserve export`).")],
+    export: Annotated[Optional[Path], typer.Argument(help="Export folder of a classifier or tagger (`seqserve export`), or use --url.")] = None,
     text: Annotated[Optional[list[str]], typer.Option(help="Text to classify (tag); repeat for several.")] = None,
     examples: Annotated[bool, typer.Option("--examples", help="Run the held-out examples the export carries and show each next to its reference.")] = False,
     top: Annotated[int, typer.Option(help="classifier: how many labels to show, most likely first.")] = 3,
     backend: Annotated[str, typer.Option(help="ort (ONNX Runtime) or torch (eager, from the export's checkpoint).")] = "ort",
+    url: Annotated[Optional[str], typer.Option(help="Ask a running server instead: http://HOST:PORT (seqserve or Triton).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="With --url: the text model, NAME_classify (from `seqserve package`).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="With --url: bearer token (default: $SEQSERVE_API_KEY).")] = None,
 ):
     """Classify text (classifier) or tag every character (tagger) with an exported model: labels and probabilities."""
     from rich.markup import escape
@@ -25,6 +28,20 @@ def command(
     from seqserve.runtime import make_backend
     from seqserve.runtime.scoring import classify_texts, tag_texts
 
+    if (export is None) == (url is None):
+        raise SeqserveError("give either an export folder or --url (a running server), not both or neither")
+    if url is not None:
+        import os
+
+        from seqserve.runtime.scoring import classify_remote
+
+        if not model or not text:
+            raise SeqserveError("--url needs --model NAME_classify and at least one --text")
+        for t in text:
+            console.print(escape(repr(t)), highlight=False)
+            for label, p in classify_remote(url, model, t, top, api_key or os.environ.get("SEQSERVE_API_KEY")):
+                console.print(f"  {escape(label):<20} {p:.4f}", highlight=False)
+        return
     info = load_export(export)
     if info.task not in ("classify", "tag"):
         raise SeqserveError(f"{export} is a {info.task} model; `seqserve classify` takes a classifier or tagger "

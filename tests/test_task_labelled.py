@@ -138,6 +138,8 @@ def _repo(labelled, root, target: str):
 
     for family, encoder in CASES[:2]:
         package_export(labelled(family, encoder), root, family, options=PackageOptions(target=target))
+    # a streaming tagger: NAME_step returns the tag scores of each chunk
+    package_export(labelled("tagger", "gru"), root, "tagger_gru", options=PackageOptions(target=target))
     return root
 
 
@@ -147,7 +149,8 @@ def test_package_writes_the_scoring_models_and_the_label_file(labelled, tmp_path
 
     root = _repo(labelled, tmp_path / "repo", target)
     assert sorted(p.name for p in root.iterdir()) == ["classifier", "classifier_classify", "classifier_step", "tagger",
-                                                      "tagger_classify"]
+                                                      "tagger_classify", "tagger_gru", "tagger_gru_classify",
+                                                      "tagger_gru_step"]
     labels = load_export(labelled("classifier", "lstm")).spec.io["labels"]
     assert (root / "classifier" / "labels.txt").read_text().splitlines() == labels
     assert 'label_filename: "labels.txt"' in (root / "classifier" / "config.pbtxt").read_text()
@@ -166,15 +169,15 @@ def _infer(server, model, ids, proto, class_count=None, output="class_logits"):
     return c.infer(model, [i], outputs=[mod.InferRequestedOutput(output, **kw)]).as_numpy(output)
 
 
-def _step(server, model, sid, chunks):
+def _step(server, model, sid, chunks, output="class_logits"):
     c = tg.InferenceServerClient(server.grpc_address)
     out = []
     for k, chunk in enumerate(chunks):
         i = tg.InferInput("input_ids", [1, len(chunk)], "INT64")
         i.set_data_from_numpy(np.array([chunk], np.int64))
         r = c.infer(model, [i], sequence_id=sid, sequence_start=k == 0, sequence_end=k == len(chunks) - 1)
-        out.append(r.as_numpy("class_logits")[0])
-    return np.stack(out)
+        out.append(r.as_numpy(output)[0])
+    return np.stack(out) if output == "class_logits" else np.concatenate(out)
 
 
 def _check_server(server, labelled, triton: bool):
@@ -231,6 +234,10 @@ def _check_server(server, labelled, triton: bool):
     got = _step(server, "classifier_step", 7, [row[:5], row[5:9], row[9:]])
     ref = np.stack([OrtBackend(cls, "full").run({"input_ids": ids[:1, :n]})["class_logits"][0] for n in (5, 9, 20)])
     np.testing.assert_allclose(got, ref, atol=1e-5)
+    gru = load_export(labelled("tagger", "gru"))
+    ids = np.array([gru.tokenizer.encode("def f(x):\n    return x")], np.int64)
+    got = _step(server, "tagger_gru_step", 8, [ids[0, :4].tolist(), ids[0, 4:].tolist()], output="tag_logits")
+    np.testing.assert_allclose(got, OrtBackend(gru, "full").run({"input_ids": ids})["tag_logits"][0], atol=1e-5)
 
 
 def test_served_by_seqserve(labelled, tmp_path):
@@ -242,8 +249,12 @@ def test_served_by_seqserve(labelled, tmp_path):
             b'{"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [3, 4]}],'
             b' "outputs": [{"name": "class_logits", "parameters": {"classification": 0}}]}'))
         assert status == 400 and b"classification" in body
-        # seqserve loadtest drives them: synthesized token ids (in the config's vocab_size), a sequence
         from helpers import run
+
+        res = run("classify", "--url", f"http://{server.http_address}", "--model", "classifier_classify",
+                  "--text", "import os", "--top", "2")
+        assert res.exit_code == 0 and len(res.output.strip().splitlines()) == 3, res.output
+        # seqserve loadtest drives them: synthesized token ids (in the config's vocab_size), a sequence
 
         for model, workload in (("classifier", "infer"), ("classifier_step", "sequence"),
                                 ("classifier_classify", "infer")):

@@ -57,3 +57,37 @@ def tag_texts(backend, tokenizer, labels: list[str], texts: list[str],
                 runs.append((ch, labels[t]))
         out.append(runs)
     return out
+
+
+def classify_remote(url: str, model: str, text: str, class_count: int | None = None,
+                    api_key: str | None = None, timeout: float = 30.0) -> list[tuple[str, float]]:
+    """POST the text to a server's NAME_classify model through Triton's generate extension
+    (seqserve serve or tritonserver) -> (label, probability) pairs as the server returns them."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        raise SeqserveError(f"--url must be http://HOST:PORT (the generate extension is HTTP), got {url!r}")
+    body = {"text_input": text, **({"class_count": class_count} if class_count else {})}
+    req = urllib.request.Request(f"{url.rstrip('/')}/v2/models/{model}/generate", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json",
+                                  **({"Authorization": f"Bearer {api_key}"} if api_key else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            doc = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", "replace")
+        try:
+            detail = json.loads(detail).get("error", detail)
+        except ValueError:
+            pass
+        raise SeqserveError(f"{url} answered {e.code} for model {model!r}: {detail}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise SeqserveError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
+    labels, probs = doc.get("labels"), doc.get("probabilities")
+    labels, probs = ([labels], [probs]) if isinstance(labels, str) else (labels, probs)
+    if not isinstance(labels, list) or not isinstance(probs, list):
+        raise SeqserveError(f"model {model!r} on {url} did not answer labels and probabilities; is it a NAME_classify "
+                            "model (seqserve package of a classifier or tagger)?")
+    return list(zip(labels, map(float, probs)))
