@@ -175,6 +175,37 @@ def _reference(export, feats, max_tokens=8):
                                           [{"features": f[None]} for f in feats])]
 
 
+def _grpc_text(address: str, features: np.ndarray, max_tokens: int = 8, dtype: str = "FP32") -> str:
+    """One ModelStreamInfer request to cap_generate through tritonclient: the streamed text."""
+    import queue
+
+    import tritonclient.grpc as tg
+
+    results: queue.Queue = queue.Queue()
+    client = tg.InferenceServerClient(address)
+    inputs = []
+    for name, dt, arr in (("features", dtype, features), ("max_tokens", "INT32", np.array([max_tokens], np.int32)),
+                          ("temperature", "FP32", np.array([0.0], np.float32))):
+        t = tg.InferInput(name, list(arr.shape), dt)
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    text = ""
+    try:
+        client.async_stream_infer("cap_generate", inputs, enable_empty_final_response=True)
+        while True:
+            r, e = results.get(timeout=60)
+            if e is not None:
+                raise e
+            out = r.as_numpy("text_output")
+            text += out[0].decode() if out is not None and out.size else ""
+            if r.get_response().parameters["triton_final_response"].bool_param:
+                return text
+    finally:
+        client.stop_stream()
+        client.close()
+
+
 @pytest.mark.parametrize("target", ["seqserve", "triton-python", "triton-gpu"])
 def test_package_writes_full_and_generate_with_the_init_graph(export, tmp_path, target):
     from seqserve.package import PackageOptions, load_version, package_export, read_config
@@ -222,33 +253,13 @@ def test_served_generate_streams_what_seqserve_generate_gives(export, served):
     for f, w in zip(feats[:3], want):
         events = sse(served, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
         assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
-    # gRPC stream, through tritonclient
-    import queue
+    # gRPC stream, through tritonclient; the wrong dtype is an error naming what was expected
+    from tritonclient.utils import InferenceServerException
 
-    import tritonclient.grpc as tg
-
-    results: queue.Queue = queue.Queue()
-    client = tg.InferenceServerClient(served.grpc_address)
-    x = tg.InferInput("features", [64], "FP32")
-    x.set_data_from_numpy(feats[0])
-    n = tg.InferInput("max_tokens", [1], "INT32")
-    n.set_data_from_numpy(np.array([8], np.int32))
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    text = ""
-    try:
-        t = tg.InferInput("temperature", [1], "FP32")
-        t.set_data_from_numpy(np.array([0.0], np.float32))
-        client.async_stream_infer("cap_generate", [x, n, t], enable_empty_final_response=True)
-        while True:
-            r, e = results.get(timeout=60)
-            assert e is None, e
-            out = r.as_numpy("text_output")
-            text += out[0].decode() if out is not None else ""
-            if r.get_response().parameters["triton_final_response"].bool_param:
-                break
-    finally:
-        client.stop_stream()
-    assert text == want[0]
+    assert _grpc_text(served.grpc_address, feats[0]) == want[0]
+    with pytest.raises(InferenceServerException) as e:
+        _grpc_text(served.grpc_address, feats[0].astype(np.float64), dtype="FP64")
+    assert "features" in e.value.message() and "expects FP32" in e.value.message(), e.value   # a stream error: no status
     # the full graph (NAME): features + input_ids -> logits, equal to in-process ORT
     import tritonclient.http as th
 
@@ -303,6 +314,7 @@ def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export
         for f, w in zip(feats[:2], want):
             events = sse(s, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
             assert "".join(e.get("text_output", "") for e in events) == w
+        assert _grpc_text(s.grpc_address, feats[0]) == want[0]
         status, _, body = s.request("POST", "/v2/models/cap_generate/generate",
                                     {"features": [0.5] * 3, "max_tokens": 4})
         assert 400 <= status < 500 and b"features" in body, (status, body)
