@@ -209,7 +209,7 @@ def _check_server(server, labelled, triton: bool):
         else:
             with pytest.raises(InferenceServerException, match="more classes than output 'class_logits'"):
                 _infer(server, "classifier", ids, proto, class_count=len(labels) + 1)
-            with pytest.raises(InferenceServerException, match="one axis of classes"):
+            with pytest.raises(InferenceServerException, match="one numeric axis of classes"):
                 _infer(server, "tagger", ids, proto, class_count=2, output="tag_logits")
         with pytest.raises(InferenceServerException, match="vocabulary"):
             _infer(server, "classifier", np.array([[cls.tokenizer.vocab_size]], np.int64), proto)
@@ -278,3 +278,22 @@ def test_served_by_tritonserver(labelled, tmp_path):
         _check_server(server, labelled, triton=True)
     finally:
         assert server.stop(60) == 0
+
+
+def test_classification_extension_rules():
+    from types import SimpleNamespace
+
+    from seqserve.serve.models import ServedModelBase, TensorRule, top_classes
+    from seqserve.serve.types import RequestedOutput, ServeError
+
+    got = top_classes(np.array([[1.0, 5.0, 10.0, 4.0]], np.float32), 2, ["a", "b", "c", "d"])
+    assert got.tolist() == [[b"10.000000:2:c", b"5.000000:1:b"]]        # Triton's doc example, its format
+    assert top_classes(np.array([0.5, 0.5], np.float32), 2, None).tolist() == [b"0.500000:0", b"0.500000:1"]
+    model = SimpleNamespace(name="m", max_batch=0, output_rules={
+        "text_output": TensorRule("text_output", "BYTES", (1,), False),
+        "scores": TensorRule("scores", "FP32", (4,), False)})
+    ServedModelBase._check_classification(model, RequestedOutput("scores", classification=4))
+    for name, k, words in (("scores", 5, "more classes"), ("text_output", 1, "numeric axis")):
+        with pytest.raises(ServeError, match=words) as e:
+            ServedModelBase._check_classification(model, RequestedOutput(name, classification=k))
+        assert e.value.status == 400

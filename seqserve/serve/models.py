@@ -156,10 +156,11 @@ class ServedModelBase:
 
     def _check_classification(self, o) -> None:
         shape = self.output_rules[o.name].shape
-        classes = shape[-1] if len(shape) == 1 + (self.max_batch > 0) else -1
+        numeric = self.output_rules[o.name].datatype != "BYTES"
+        classes = shape[-1] if numeric and len(shape) == 1 + (self.max_batch > 0) else -1
         if classes < 1:
             raise ServeError(400, f"output '{o.name}' of model '{self.name}' has shape {list(shape)}; the "
-                                  "classification extension needs one axis of classes after the batch axis")
+                                  "classification extension needs one numeric axis of classes after the batch axis")
         if o.classification > classes:
             raise ServeError(400, f"classification {o.classification} asks for more classes than output "
                                   f"'{o.name}' of model '{self.name}' has ({classes})")
