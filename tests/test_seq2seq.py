@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_one_line_error, run
+from test_triton import triton_ready  # noqa: F401 - fixture: tritonserver and its stub environment
 
 from seqserve.models import build_model, make_config
 from seqserve.tasks.spec import ATTENTION, CONSTANT, ONCE, SOURCE_MASK, SOURCE_TOKENS, STATE
@@ -182,3 +183,143 @@ def test_train_cli_takes_cell_attention_and_bidirectional(tmp_path):
                           "--attention", "seq2seq")
     assert_one_line_error(run("train", "--family", "seq2seq", "--attention", "luong", "--steps", "1",
                               "--out", tmp_path / "e"), "attention must be one of")
+
+
+def test_sources_of_different_lengths_share_a_batch(export):
+    """Greedy over a batch of sources (constants right-padded by DecodeState.merge) == each alone."""
+    from seqserve.export import load_export
+    from seqserve.generation import SamplingParams
+    from seqserve.runtime import make_chain
+    from seqserve.tasks import seq2seq
+
+    info = load_export(export)
+    step, chain = make_chain(info, "ort")
+    params = SamplingParams(max_tokens=8, greedy=True, stop_at_eos=False)
+
+    def tokens(sources):
+        out = [[] for _ in sources]
+        for ev in seq2seq.generate_targets(chain.once[0], step, info.spec, info.tokenizer, sources, params):
+            out[ev.index].append(ev.token)
+        return out
+
+    assert tokens(["7", "1234", "56"]) == [tokens([s])[0] for s in ("7", "1234", "56")]
+
+
+# ---- packaged and served ------------------------------------------------------------------------
+
+def _reference(export, sources, max_tokens=10):
+    """What `seqserve generate --greedy` gives (in-process ORT, the one loop)."""
+    from seqserve.export import load_export
+    from seqserve.generation import SamplingParams
+    from seqserve.runtime import make_chain
+    from seqserve.tasks import seq2seq
+
+    info = load_export(export)
+    step, chain = make_chain(info, "ort")
+    texts = [""] * len(sources)
+    for ev in seq2seq.generate_targets(chain.once[0], step, info.spec, info.tokenizer, sources,
+                                       SamplingParams(max_tokens=max_tokens, greedy=True)):
+        texts[ev.index] += ev.text
+    return texts
+
+
+@pytest.mark.parametrize("target", ["seqserve", "triton-python", "triton-gpu"])
+def test_package_writes_full_and_generate_with_the_encoder_graph(export, tmp_path, target):
+    from seqserve.package import PackageOptions, load_version, package_export, read_config
+
+    models = package_export(export, tmp_path / "repo", "s2s", options=PackageOptions(target=target))
+    assert {m.name: m.kind for m in models} == {"s2s": "full", "s2s_generate": "generate"}   # no s2s_step
+    gen = load_version(tmp_path / "repo" / "s2s_generate" / "1")
+    assert gen.once == ("encoder",) and gen.info.graph_path("encoder").name == "encoder.onnx"
+    cfg = read_config(tmp_path / "repo" / "s2s_generate")
+    inputs = {i.name: i for i in cfg.input}
+    assert not inputs["text_input"].optional and "source_ids" not in inputs   # the source is text
+    assert cfg.backend == ("seqserve" if target == "seqserve" else "python")
+    full = read_config(tmp_path / "repo" / "s2s")
+    assert [i.name for i in full.input] == ["source_ids", "source_mask", "input_ids"]
+    if target == "triton-gpu":      # the full graph on Triton's onnxruntime backend, generate on python
+        assert full.platform == "onnxruntime_onnx"
+
+
+@pytest.fixture(scope="module")
+def served(export, tmp_path_factory):
+    from serving import start_server
+
+    from seqserve.package import package_export
+
+    root = tmp_path_factory.mktemp("seq2seq-serve")
+    package_export(export, root / "repo", "s2s")
+    s = start_server(root / "repo", root)
+    yield s
+    s.stop()
+
+
+SOURCES = ["342", "1999", "7"]
+
+
+def test_served_generate_streams_what_seqserve_generate_gives(export, served):
+    import numpy as np
+    import tritonclient.http as th
+    from test_serve import grpc_stream, sse
+
+    from seqserve.export import load_export
+    from seqserve.runtime import OrtBackend
+
+    want = _reference(export, SOURCES)
+    for src, w in zip(SOURCES, want):
+        events = sse(served, "s2s_generate", {"text_input": src, "max_tokens": 10, "temperature": 0.0})
+        assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
+    assert "".join(t for t, _, _ in grpc_stream(served, "s2s_generate", SOURCES[1], 10)) == want[1]
+    # the full graph (NAME): source + target ids -> logits, equal to in-process ORT
+    info = load_export(export)
+    feeds = {"source_ids": np.array([[4, 5, 6]], np.int64), "source_mask": np.ones((1, 3), np.int64),
+             "input_ids": np.array([[1, 7, 8, 9]], np.int64)}
+    local = OrtBackend(info, "full").run(feeds)["logits"]
+    xs = []
+    for k, v in feeds.items():
+        x = th.InferInput(k, list(v.shape), "INT64")
+        x.set_data_from_numpy(v)
+        xs.append(x)
+    got = th.InferenceServerClient(served.http_address).infer("s2s", xs).as_numpy("logits")
+    np.testing.assert_allclose(got, local, atol=1e-5)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"text_input": "12a"}, ["'a'", "source"]),
+    ({"text_input": "1" * 40}, ["40", "at most"]),
+    ({"text_input": ""}, ["empty"]),
+    ({"text_input": "12", "max_tokens": 0}, ["max_tokens"]),
+])
+def test_bad_sources_are_4xx_saying_what_was_expected(served, body, words):
+    import json
+
+    status, _, text = served.request("POST", "/v2/models/s2s_generate/generate", json.dumps(body))
+    assert 400 <= status < 500, (status, text)
+    for w in words:
+        assert w in text.decode(), text
+    assert served.request("GET", "/v2/health/ready")[0] == 200       # still serving
+
+
+@pytest.mark.slow
+def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export, tmp_path_factory, request):
+    """The real tritonserver (python backend) on a triton-python repository: the same SSE and
+    gRPC client code, the same text as in-process generation."""
+    from serving import start_server
+    from test_serve import grpc_stream, sse
+
+    from seqserve.package import PackageOptions, package_export
+
+    request.getfixturevalue("triton_ready")
+    root = tmp_path_factory.mktemp("seq2seq-triton")
+    package_export(export, root / "repo", "s2s", options=PackageOptions(target="triton-python"))
+    want = _reference(export, SOURCES[:2])
+    s = start_server(root / "repo", root, "--engine", "triton", threads=None, timeout=240)
+    try:
+        for src, w in zip(SOURCES[:2], want):
+            events = sse(s, "s2s_generate", {"text_input": src, "max_tokens": 10, "temperature": 0.0})
+            assert "".join(e.get("text_output", "") for e in events) == w
+        assert "".join(t for t, _, _ in grpc_stream(s, "s2s_generate", SOURCES[0], 10)) == want[0]
+        status, _, body = s.request("POST", "/v2/models/s2s_generate/generate", {"text_input": "12a", "max_tokens": 4})
+        assert 400 <= status < 500 and b"source" in body, (status, body)
+    finally:
+        assert s.stop(60) == 0
