@@ -65,8 +65,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
             "export_options": {"exporter": exporter, "opset": opset},
             "versions": {"seqserve": seqserve.__version__, **_versions("torch", "onnx", "onnxscript")},
             "training": ckpt.info.get("training", {}),
-            # a handful of held-out inputs with the expected output (classify, tag), from training
-            "examples": (ckpt.info.get("training") or {}).get("examples", []),
+            # a handful of held-out inputs with the expected output (classify, tag, conditioned), from
+            # training; causal-lm sidecars stay as they were (no key)
+            **({"examples": ex} if (ex := (ckpt.info.get("training") or {}).get("examples")) else {}),
         })
     return load_export(out)
 
