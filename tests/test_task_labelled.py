@@ -297,3 +297,15 @@ def test_classification_extension_rules():
         with pytest.raises(ServeError, match=words) as e:
             ServedModelBase._check_classification(model, RequestedOutput(name, classification=k))
         assert e.value.status == 400
+
+
+def test_train_cli_takes_the_encoder_and_reports_held_out_accuracy(tmp_path):
+    from helpers import assert_one_line_error, run
+
+    res = run("train", "--family", "classifier", "--encoder", "gru", "--steps", "3", "--eval-every", "3",
+              "--batch-size", "4", "--seq-len", "16", "--max-corpus-mb", "0.2", "--out", tmp_path / "c")
+    assert res.exit_code == 0 and "held-out accuracy" in res.output, res.output
+    assert_one_line_error(run("train", "--family", "lstm", "--encoder", "gru", "--out", tmp_path / "x"),
+                          "--encoder", "classifier or tagger")
+    assert_one_line_error(run("train", "--family", "classifier", "--corpus", tmp_path, "--steps", "1",
+                              "--out", tmp_path / "y"), "--corpus")
