@@ -323,3 +323,22 @@ def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export
         assert 400 <= status < 500 and b"source" in body, (status, body)
     finally:
         assert s.stop(60) == 0
+
+
+@pytest.mark.parametrize("proto", ["http", pytest.param("grpc", marks=pytest.mark.slow)])
+def test_loadtest_drives_generate_with_sources_from_the_source_vocabulary(served, proto):
+    from seqserve.loadtest import make_config, run_loadtest
+
+    url = served.http_url if proto == "http" else served.grpc_url
+    res = run_loadtest(make_config(url, "s2s_generate", metrics_url=served.metrics_url, workload="generate",
+                                   concurrency="2", max_tokens=6, duration="1s", warmup="0.2s"))
+    lv = res["levels"][0]
+    assert lv["ok"] > 0 and lv["errors"] == 0, lv["error_kinds"]      # every synthesized source was valid
+    assert lv["streaming"]["tokens_per_request"]["mean"] >= 1
+
+
+def test_loadtest_synthesizes_sources_within_the_source_vocabulary_and_length():
+    from seqserve.loadtest.workloads import synthesized_sources
+
+    got = synthesized_sources(50, "0123456789", 4, seed=0)
+    assert all(1 <= len(s) <= 4 and set(s) <= set("0123456789") for s in got) and len(set(got)) > 10

@@ -35,6 +35,8 @@ class ModelInfo:
     sequence: bool                 # config has sequence_batching (stateful: sequence ids, start/end)
     decoupled: bool                # model_transaction_policy.decoupled (streams many responses)
     vocab: int | None              # token ids are valid in [0, vocab): the last dim of the logits output
+    source_chars: str = ""         # encoder-decoder generate: the characters a source may hold ("" = any)
+    max_source: int | None = None  # encoder-decoder generate: the longest source it takes
 
     def input(self, name: str) -> Tensor | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -171,6 +173,14 @@ def _config_vocab(config: dict) -> int | None:
     return int(value) if value and str(value).isdigit() else None
 
 
+def _config_source(config: dict) -> dict:
+    """`seqserve.source_chars` / `seqserve.max_source_len` of an encoder-decoder's generate config."""
+    params = config.get("parameters") or {}
+    chars = (params.get("seqserve.source_chars") or {}).get("string_value") or ""
+    longest = str((params.get("seqserve.max_source_len") or {}).get("string_value") or "")
+    return {"source_chars": chars, "max_source": int(longest) if longest.isdigit() else None}
+
+
 def describe_model(cfg: LoadTestConfig) -> ModelInfo:
     """The model's tensors and scheduling, from the server; SeqserveError when that fails."""
     server, meta, config, index = (_fetch_grpc if cfg.target.protocol == "grpc" else _fetch_http)(cfg)
@@ -180,7 +190,7 @@ def describe_model(cfg: LoadTestConfig) -> ModelInfo:
         max_batch_size=int(config.get("max_batch_size") or 0),
         sequence=bool(config.get("sequence_batching")),
         decoupled=bool((config.get("model_transaction_policy") or {}).get("decoupled")),
-        vocab=_config_vocab(config) or vocab_size(outputs))
+        vocab=_config_vocab(config) or vocab_size(outputs), **_config_source(config))
     check_fit(info, cfg.workload, index, cfg.target.url)
     return info
 

@@ -158,6 +158,12 @@ def synthesized_prompts(n: int, chars: int, seed: int) -> list[str]:
     return out
 
 
+def synthesized_sources(n: int, chars: str, longest: int, seed: int) -> list[str]:
+    """Encoder-decoder sources: 1 to `longest` characters drawn from `chars` (the source vocabulary)."""
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(chars), int(rng.integers(1, longest + 1)))) for _ in range(n)]
+
+
 # ---- workloads ----------------------------------------------------------------------------------
 
 class _Rotation:
@@ -273,6 +279,9 @@ def build_workload(info: ModelInfo, cfg: LoadTestConfig, encoder, protocol: str)
                    else synthesized_prompts(POOL, cfg.input_length or PROMPT_CHARS, seed))
         if cfg.prompts is None and conditioning(info, np.random.default_rng(0)):
             prompts = [""] * POOL      # conditioned: the text is optional (a prefix), the vector is the input
+        elif cfg.prompts is None and info.source_chars:     # encoder-decoder: sources it accepts
+            prompts = synthesized_sources(POOL, info.source_chars, min(cfg.input_length or PROMPT_CHARS,
+                                                                       info.max_source or PROMPT_CHARS), seed)
         payloads, rng = [], np.random.default_rng(seed)
         for p in prompts:
             extra = conditioning(info, rng)

@@ -374,6 +374,10 @@ def _generate(name: str, o: PackageOptions, spec=None) -> ModelConfig:
     cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[1])
     cfg.output.add(name="finish_reason", data_type=mc.TYPE_STRING, dims=[1])
     cfg.parameters["seqserve.max_streams"].string_value = str(o.max_streams)
+    if spec is not None and spec.io.get("source_chars"):
+        # encoder-decoder: what a source may hold, so a load tester synthesizes valid sources
+        cfg.parameters["seqserve.source_chars"].string_value = spec.io["source_chars"]
+        cfg.parameters["seqserve.max_source_len"].string_value = str(spec.io.get("max_source_len") or "")
     _runner(cfg, o, "generate")
     return _common(cfg, "generate", o)
 
