@@ -88,6 +88,9 @@ def train(cfg, out: str | Path, resume=None, progress=None):
     from seqserve.training.trainer import TrainingInterrupted, TrainResult
 
     check_replaceable(Path(out), "config.json")
+    # Measured, small preset, batch 32 (~47 target tokens), a shared 2-core machine: 0.07 s of CPU
+    # per step on one thread vs 0.31 s on two (the threads mostly wait on each other): one thread.
+    torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     data = load_number_pairs()
     if resume:
