@@ -223,6 +223,19 @@ def _reference(export, sources, max_tokens=10):
     return texts
 
 
+def _reference_beam(export, source, max_tokens=10, beams=4):
+    """What `seqserve generate --beams 4` prints: the best hypothesis."""
+    from seqserve.export import load_export
+    from seqserve.generation.beam import BeamParams
+    from seqserve.runtime import make_chain
+    from seqserve.tasks import seq2seq
+
+    info = load_export(export)
+    step, chain = make_chain(info, "ort")
+    return seq2seq.generate_targets(chain.once[0], step, info.spec, info.tokenizer, [source],
+                                    BeamParams(beams=beams, max_tokens=max_tokens))[0][0].text
+
+
 @pytest.mark.parametrize("target", ["seqserve", "triton-python", "triton-gpu"])
 def test_package_writes_full_and_generate_with_the_encoder_graph(export, tmp_path, target):
     from seqserve.package import PackageOptions, load_version, package_export, read_config
@@ -319,6 +332,8 @@ def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export
             events = sse(s, "s2s_generate", {"text_input": src, "max_tokens": 10, "temperature": 0.0})
             assert "".join(e.get("text_output", "") for e in events) == w
         assert "".join(t for t, _, _ in grpc_stream(s, "s2s_generate", SOURCES[0], 10)) == want[0]
+        beam = sse(s, "s2s_generate", {"text_input": SOURCES[1], "max_tokens": 10, "beams": 4})
+        assert "".join(e.get("text_output", "") for e in beam) == _reference_beam(export, SOURCES[1])
         status, _, body = s.request("POST", "/v2/models/s2s_generate/generate", {"text_input": "12a", "max_tokens": 4})
         assert 400 <= status < 500 and b"source" in body, (status, body)
     finally:
@@ -342,3 +357,25 @@ def test_loadtest_synthesizes_sources_within_the_source_vocabulary_and_length():
 
     got = synthesized_sources(50, "0123456789", 4, seed=0)
     assert all(1 <= len(s) <= 4 and set(s) <= set("0123456789") for s in got) and len(set(got)) > 10
+
+
+def test_served_generate_takes_beams_and_answers_what_seqserve_generate_beams_gives(export, served):
+    import json
+
+    from seqserve.export import load_export
+    from seqserve.generation.beam import BeamParams
+    from seqserve.runtime import make_chain
+    from seqserve.tasks import seq2seq
+    from test_serve import sse
+
+    info = load_export(export)
+    step, chain = make_chain(info, "ort")
+    best = seq2seq.generate_targets(chain.once[0], step, info.spec, info.tokenizer, ["1999"],
+                                    BeamParams(beams=4, max_tokens=10))[0][0]
+    events = sse(served, "s2s_generate", {"text_input": "1999", "max_tokens": 10, "beams": 4})
+    assert "".join(e["text_output"] for e in events) == best.text
+    assert events[-1]["finish_reason"] == best.finish_reason
+    for bad in (0, 65, 2.5):
+        status, _, text = served.request("POST", "/v2/models/s2s_generate/generate",
+                                         json.dumps({"text_input": "12", "beams": bad}))
+        assert 400 <= status < 500 and b"beams" in text, (status, text)

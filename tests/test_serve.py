@@ -557,7 +557,7 @@ def bad_generate(draw):
     elif kind == "unknown-key":
         key = draw(st.text(max_size=12).filter(lambda k: k not in ("text_input", "max_tokens", "temperature",
                                                                     "top_k", "top_p", "seed", "stop", "id",
-                                                                    "parameters")))
+                                                                    "parameters", "beams")))
         doc = dict(doc, **{key: draw(st.integers())})
     elif kind == "text-type":
         doc = dict(doc, text_input=draw(st.one_of(st.integers(), st.none(), st.booleans(),

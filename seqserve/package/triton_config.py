@@ -62,6 +62,7 @@ NUMPY_TO_TRITON = {n: mc.DataType.Value(t) for n, t in TRITON_OF_NUMPY.items()}
 GENERATE_OPTIONAL = (
     ("max_tokens", mc.TYPE_INT32, [1]), ("temperature", mc.TYPE_FP32, [1]), ("top_k", mc.TYPE_INT32, [1]),
     ("top_p", mc.TYPE_FP32, [1]), ("seed", mc.TYPE_UINT64, [1]), ("stop", mc.TYPE_STRING, [-1]),
+    ("beams", mc.TYPE_INT32, [1]),      # > 1: beam search, the best hypothesis as one final response
 )
 
 

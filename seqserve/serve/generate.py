@@ -145,13 +145,55 @@ class GenerateModel(ServedModelBase):
         return _Stream(ids, params, SequenceText(self.tokenizer, params), rng, asyncio.get_running_loop(),
                        asyncio.Queue(), now_ns(), once_inputs=once_inputs)
 
+    def _beams(self, req: InferRequest, params: SamplingParams):
+        """BeamParams when the request asks for `beams` > 1 (input tensor or parameter), else None."""
+        from seqserve.generation.beam import MAX_BEAMS, BeamParams
+
+        raw = req.inputs["beams"].reshape(-1) if "beams" in req.inputs else req.parameters.get("beams")
+        if raw is None:
+            return None
+        try:
+            beams = raw[0].item() if isinstance(raw, np.ndarray) and raw.size == 1 else raw
+            if isinstance(beams, bool) or int(beams) != beams:
+                raise ValueError
+            bp = BeamParams(beams=int(beams), max_tokens=params.max_tokens, stop_at_eos=params.stop_at_eos)
+        except (TypeError, ValueError, OverflowError):
+            raise ServeError(400, f"beams must be one whole number in 1..{MAX_BEAMS}; got {raw!r}") from None
+        except SeqserveError as e:
+            raise ServeError(400, str(e)) from None
+        return bp if bp.beams > 1 else None
+
+    async def _beam_search(self, req: InferRequest, s: _Stream, bp):
+        """Beam search for one request, off the event loop: the chain's once graphs, then the step
+        graph's rows reordered per beam; one final response with the best hypothesis."""
+        from seqserve.generation.beam import beam_search
+
+        def search():
+            start = start_values(self.once, s.once_inputs, self.backend.spec) if self.once else None
+            return beam_search(self.backend, s.ids, bp, self.tokenizer.eos_id, start)[0]
+
+        try:
+            best = await asyncio.to_thread(search)
+        except Exception as e:  # noqa: BLE001 - a backend failure is this request's 500
+            self.stats.request_failed(now_ns() - s.t0, "BACKEND")
+            raise ServeError(500, f"model '{self.name}' failed: {e}") from None
+        self.stats.request_done(now_ns() - s.t0, 0)
+        text = self.tokenizer.decode([t for t in best.tokens if t != self.tokenizer.eos_id])
+        return self.response(req, {"text_output": np.array([text.encode()], dtype=object),
+                                   "finish_reason": np.array([best.finish_reason.encode()], dtype=object)},
+                             {"triton_final_response": True})
+
     async def stream(self, req: InferRequest):
         t0 = now_ns()
         try:
             s = self._open(req)
+            beams = self._beams(req, s.params)
         except ServeError:
             self.stats.request_failed(now_ns() - t0)
             raise
+        if beams is not None:
+            yield await self._beam_search(req, s, beams)
+            return
         self.stats.add_pending(1)
         self.worker.submit(s)
         try:
