@@ -76,12 +76,13 @@ def command(
                             params if beams == 1 else BeamParams(beams=beams, max_tokens=max_tokens, length_penalty=length_penalty))
         once = _once_inputs(info, prompt, features, examples)
         if once is not None:        # a chain that starts from features (conditioned)
-            if beams != 1:
-                raise SeqserveError("--beams does not run a chain of once graphs yet (conditioned); drop --beams")
             from seqserve.runtime import make_chain
 
             prompt, inputs, refs = once
             be, chain = make_chain(info, backend, RuntimeOptions(device=device, intra_op_threads=threads))
+            if beams != 1:
+                return _beams(be, info, prompt, BeamParams(beams=beams, max_tokens=max_tokens,
+                                                           length_penalty=length_penalty), chain, inputs, refs)
             return _show_conditioned(prompt, refs, generate(be, info.tokenizer, prompt, params, info.max_context,
                                                             chain, inputs))
         if not prompt:
@@ -98,21 +99,27 @@ def command(
         _stream_many(prompt, events)
 
 
-def _beams(backend, info, prompts: list[str], params) -> None:
-    """Each prompt's hypotheses, best first: the best one's text on stdout, the table on stderr."""
+def _beams(backend, info, prompts: list[str], params, chain=None, once_inputs=None, refs=None) -> None:
+    """Each prompt's hypotheses, best first: the best one's text on stdout, the table on stderr.
+    chain/once_inputs: a conditioned export (one feature vector per prompt); refs: --examples."""
     from rich.table import Table
     from rich.text import Text
 
     from seqserve.generation.beam import beam_texts
 
-    for prompt, hyps in zip(prompts, beam_texts(backend, info.tokenizer, prompts, params, info.max_context)):
+    out = beam_texts(backend, info.tokenizer, prompts, params, info.max_context, chain, once_inputs)
+    for i, (prompt, hyps) in enumerate(zip(prompts, out)):
         sys.stdout.write(prompt + hyps[0].text + "\n")
-        t = Table(title=f"{len(hyps)} beams for {prompt!r}", title_justify="left")
+        title = f"{len(hyps)} beams for {prompt!r}" + (f" (#{i}, reference {refs[i]!r})" if refs else "")
+        t = Table(title=title, title_justify="left")
         for col in ("#", "score", "finish", "text"):
             t.add_column(col)
-        for i, h in enumerate(hyps):
-            t.add_row(str(i), f"{h.score:.4f}", h.finish_reason, Text(h.text))
+        for j, h in enumerate(hyps):
+            t.add_row(str(j), f"{h.score:.4f}", h.finish_reason, Text(h.text))
         err_console.print(t)
+    if refs:
+        hits = sum(p + h[0].text == r for p, h, r in zip(prompts, out, refs))
+        console.print(f"exact match {hits}/{len(refs)}")
 
 
 def _seq2seq(info, prompt, features, examples, backend, options, params) -> None:

@@ -158,7 +158,10 @@ def test_cli_generate_examples_and_features(export, tmp_path):
     assert_one_line_error(run("generate", export, "--features", bad), "[N, 64]", "[2, 3]")
     assert_one_line_error(run("generate", export, "--features", nan), "NaN")
     assert_one_line_error(run("generate", export), "--features", "--examples")
-    assert_one_line_error(run("generate", export, "--examples", "--beams", 2), "--beams")
+    beams = {b: run("generate", export, "--examples", "--beams", 3, "--max-tokens", 8, "--backend", b)
+             for b in ("ort", "torch")}
+    assert beams["ort"].exit_code == 0 and "exact match" in beams["ort"].output, beams["ort"].output
+    assert beams["ort"].output == beams["torch"].output
 
 
 # ---- packaged and served ------------------------------------------------------------------------
@@ -253,6 +256,18 @@ def test_served_generate_streams_what_seqserve_generate_gives(export, served):
     for f, w in zip(feats[:3], want):
         events = sse(served, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
         assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
+    # beams through the chain (init once, step rows reordered per beam) == the local beam search
+    from seqserve.generation import Chain  # noqa: F401 - make_chain builds it
+    from seqserve.generation.beam import BeamParams, beam_texts
+    from seqserve.runtime import make_chain
+
+    info = load_export(export)
+    step, chain = make_chain(info, "ort")
+    best = beam_texts(step, info.tokenizer, [""], BeamParams(beams=3, max_tokens=8), None, chain,
+                      [{"features": feats[:1]}])[0][0].text
+    events = sse(served, "cap_generate", {"features": feats[0].tolist(), "max_tokens": 8, "beams": 3})
+    assert "".join(e["text_output"] for e in events) == best
+
     # gRPC stream, through tritonclient; the wrong dtype is an error naming what was expected
     from tritonclient.utils import InferenceServerException
 

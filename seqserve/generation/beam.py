@@ -117,12 +117,20 @@ class BeamText:
 
 
 def beam_texts(backend, tokenizer, prompts: list[str], params: BeamParams,
-               max_context: int | None = None) -> list[list[BeamText]]:
-    """Every prompt's hypotheses as text, best first (prompts checked before any work)."""
-    encoded = encode_prompts(tokenizer, prompts, params.max_tokens, max_context)
+               max_context: int | None = None, chain=None, once_inputs=None) -> list[list[BeamText]]:
+    """Every prompt's hypotheses as text, best first (prompts checked before any work). chain /
+    once_inputs: as for loop.generate (a task with once graphs: conditioned's init from features)."""
+    from seqserve.generation.loop import start_values
+
+    once = chain.once if chain is not None else ()
+    if once and (once_inputs is None or len(once_inputs) != len(prompts)):
+        raise SeqserveError(f"this task runs {[b.spec.name for b in once]} first: give one set of their inputs "
+                            f"per prompt ({len(prompts)} prompts)")
+    encoded = encode_prompts(tokenizer, prompts, params.max_tokens, max_context, bool(chain and chain.bos))
     out = []
-    for ids in encoded:
-        hyps = beam_search(backend, ids, params, tokenizer.eos_id)
+    for i, ids in enumerate(encoded):
+        start = start_values(once, once_inputs[i], backend.spec) if once else None
+        hyps = beam_search(backend, ids, params, tokenizer.eos_id, start)
         out.append([BeamText(tokenizer.decode([t for t in h.tokens if t != tokenizer.eos_id]), h.score,
                              h.finish_reason, h.tokens) for h in hyps])
     return out

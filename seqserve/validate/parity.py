@@ -137,8 +137,6 @@ def greedy_generation(t: Target) -> list[CheckResult]:
                                                      stop_at_eos=False),
              # every hypothesis of a 4-beam search: the ranking too must not depend on the runtime
              "beams=4": BeamParams(beams=4, max_tokens=max(n, 1), stop_at_eos=False)}
-    if t.info.spec.once:
-        modes.pop("beams=4")   # beam_search starts from zeros: no chain of once graphs yet
     rows = []
     for mode, params in modes.items():
         cases = [f"{mode} prompt={p!r} tokens={n}" for p in prompts]
@@ -162,7 +160,7 @@ def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n:
     if isinstance(params, BeamParams):
         def run(backend):      # all hypotheses of each prompt, best first, as one token list
             return [SimpleNamespace(tokens=[x for h in hyps for x in (*h.tokens, -1)], text=hyps[0].text)
-                    for hyps in beam_texts(backend, tok, prompts, params, t.info.max_context)]
+                    for hyps in beam_texts(backend, tok, prompts, params, t.info.max_context, *chain(backend.name))]
     else:
         def run(backend):
             return generate_text(backend, tok, prompts, params, t.info.max_context, *chain(backend.name))
