@@ -77,7 +77,9 @@ FAMILIES: dict[str, Family] = {
     "transformer": Family("transformer", TransformerConfig, TransformerSeq2Seq,
                           {"tiny": dict(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, d_ff=64),
                            "small": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=256)},
-                          recurrent=False, default_lr=1e-3, task="translate"),
+                          # Measured, small, batch 32, 2 minutes: held-out exact match 0.38 at 2e-3
+                          # vs 0.04 at 3e-3 (unstable without warmup).
+                          recurrent=False, default_lr=2e-3, task="translate"),
     # RNN encoder-decoder with Luong/Bahdanau attention (task seq2seq), numbers in digits -> words;
     # --cell/--attention/--bidirectional pick the variant (seqserve/models/seq2seq.py).
     "seq2seq": Family("seq2seq", Seq2SeqConfig, Seq2Seq,
