@@ -55,8 +55,8 @@ def test_every_family_passes(exported, family):
     assert all(r.max_abs is not None and r.max_abs < cfg.atol for r in report.rows("torch_vs_ort"))
     assert len(report.rows("incremental_vs_full")) == 3
     rows = report.rows("greedy_generation")
-    assert len(rows) == 4                                   # greedy and sampled, two prompts each
-    assert {r.case.split()[0] for r in rows} == {"greedy", "sampled"}
+    assert len(rows) == 6                                   # greedy, sampled and 4 beams, two prompts each
+    assert {r.case.split()[0] for r in rows} == {"greedy", "sampled", "beams=4"}
     d = report.to_json()
     assert d["passed"] is True and set(d["summary"]) == set(CHECKS)
 
@@ -95,7 +95,7 @@ def test_greedy_generation_reports_first_difference(exported, tmp_path):
     save_file(tensors, str(weights))
     report = validate_export(path)
     rows = report.rows("greedy_generation")
-    assert len(rows) == 4 and all(not r.passed for r in rows)     # greedy and sampled, 2 prompts
+    assert len(rows) == 6 and all(not r.passed for r in rows)     # greedy, sampled, beams; 2 prompts
     assert all("first difference at generated token 0: torch [5]" in r.detail for r in rows)
 
 
