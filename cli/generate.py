@@ -49,10 +49,6 @@ def command(
     if url is not None:
         from seqserve.serve.client import RemoteGenerator
 
-        if beams != 1:
-            raise SeqserveError("--beams runs on an export folder; servers take the `beams` parameter only for "
-                                "generate models that support it (not yet): drop --url or --beams")
-
         if not model:
             raise SeqserveError("--url needs --model: the name of the generation model on that server")
         remote = RemoteGenerator(url, model, api_key=api_key or os.environ.get("SEQSERVE_API_KEY"))
@@ -60,8 +56,13 @@ def command(
             if examples:
                 raise SeqserveError("--examples reads an export folder's sidecar; with --url give --features FILE.npy")
             prompt, inputs, _ = _remote_features(prompt, features)
+            if beams != 1:
+                import numpy as np
+
+                inputs = [{**x, "beams": np.array([beams], np.int32)} for x in inputs]
             return _show_conditioned(prompt, None, remote.generate(prompt, params, inputs))
-        events = remote.generate(prompt or [], params)
+        # beams > 1: the server's beam search answers the best hypothesis as one piece
+        events = remote.generate(prompt or [], params, None if beams == 1 else _beam_inputs(len(prompt or []), beams))
     else:
         from seqserve.export import load_export
         from seqserve.generation import generate
@@ -97,6 +98,12 @@ def command(
         _stream_one(prompt[0], events)
     else:
         _stream_many(prompt, events)
+
+
+def _beam_inputs(n: int, beams: int) -> list[dict]:
+    import numpy as np
+
+    return [{"beams": np.array([beams], np.int32)} for _ in range(n)]
 
 
 def _beams(backend, info, prompts: list[str], params, chain=None, once_inputs=None, refs=None) -> None:

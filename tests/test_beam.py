@@ -133,5 +133,6 @@ def test_generate_cli_with_beams(exported):
     assert "3 beams for 'def '" in res.output and res.output.count("│ length") + res.output.count("│ eos") == 3
     for bad in (["--beams", "0"], ["--beams", "65"], ["--beams", "2", "--length-penalty", "-1"]):
         assert_one_line_error(run("generate", exported("lstm"), "--prompt", "def ", *bad), bad[-1].lstrip("-"))
+    # --url --beams asks the server's beam search (NAME_generate's `beams` input); no server: one line
     assert_one_line_error(run("generate", "--url", "http://127.0.0.1:1", "--model", "m", "--prompt", "x",
-                              "--beams", "2"), "--beams")
+                              "--beams", "2"), "127.0.0.1:1")

@@ -379,3 +379,15 @@ def test_served_generate_takes_beams_and_answers_what_seqserve_generate_beams_gi
         status, _, text = served.request("POST", "/v2/models/s2s_generate/generate",
                                          json.dumps({"text_input": "12", "beams": bad}))
         assert 400 <= status < 500 and b"beams" in text, (status, text)
+
+
+def test_cli_generate_url_with_beams_prints_what_the_export_gives(export, served):
+    want = _reference_beam(export, "1999")
+    local = run("generate", export, "--prompt", "1999", "--beams", "4", "--max-tokens", "10")
+    assert local.exit_code == 0, local.output
+    assert local.stdout.splitlines()[0] == want
+    for url in (served.http_url, served.grpc_url):
+        res = run("generate", "--url", url, "--model", "s2s_generate", "--prompt", "1999", "--beams", "4",
+                  "--max-tokens", "10")
+        assert res.exit_code == 0, res.output
+        assert want in res.stdout

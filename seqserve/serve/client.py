@@ -152,9 +152,10 @@ class RemoteGenerator:
             t = g.InferInput(k, list(arr.shape), dt)
             t.set_data_from_numpy(arr)
             inputs.append(t)
-        for k, v in extra.items():
-            arr = np.ascontiguousarray(v.reshape(-1), dtype=np.float32)
-            t = g.InferInput(k, list(arr.shape), "FP32")
+        for k, v in extra.items():       # features FP32; beams INT32
+            whole = np.asarray(v).dtype.kind in "iu"
+            arr = np.ascontiguousarray(v.reshape(-1), dtype=np.int32 if whole else np.float32)
+            t = g.InferInput(k, list(arr.shape), "INT32" if whole else "FP32")
             t.set_data_from_numpy(arr)
             inputs.append(t)
         q: queue.Queue = queue.Queue()
