@@ -69,6 +69,17 @@ def evaluate(model, tok: Tokenizer, data: Pairs, n: int = EVAL_PAIRS) -> dict:
 
 def train(cfg, out: str | Path, resume=None, progress=None):
     """seqserve.training.train for the seq2seq family (cfg: TrainConfig; corpus options unused)."""
+    # The recurrent ops' threads mostly wait on each other at these sizes (as training.translation
+    # measured on the shared 2-core machine): one torch thread while training, then as before.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(cfg, out, resume, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg, out: str | Path, resume=None, progress=None):
     from seqserve.training.trainer import TrainingInterrupted, TrainResult
 
     check_replaceable(Path(out), "config.json")
