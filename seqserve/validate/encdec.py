@@ -5,7 +5,6 @@
                          KV cache past 0 and > 0 (recurrent state: zero and random)
     incremental_vs_full  the chain (encoder once on padded sources, then the step token by token,
                          prefill then 1 at a time, in chunks) == the teacher-forced full graph (ORT)
-                         and == torch's full graph
     greedy_generation    greedy, seeded sampling and every hypothesis of a 4-beam search: identical
                          tokens torch vs ORT, on the sidecar's held-out sources (different lengths in
                          one batch: constants right-padded by DecodeState.merge)
@@ -95,12 +94,9 @@ def incremental_vs_full(t: Target, length: int = 10, batch: int = 3, source: int
                  "chunks of 3, 4, 5": _chunks(length, (3, 4, 5))}
     case0 = f"batch={batch} source={source} padded length={length}"
 
-    def full_ref(kind: str) -> np.ndarray:
-        out = getattr(t, kind)(full_spec.name).run({**src, full_spec.name_of(TOKENS): ids})
-        return np.asarray(out[full_spec.name_of(LOGITS)])
-
     def run(name: str, chunks: list[int]) -> list[CheckResult]:
-        full = full_ref("ort")
+        out = t.ort(full_spec.name).run({**src, full_spec.name_of(TOKENS): ids})
+        full = np.asarray(out[full_spec.name_of(LOGITS)])
         step = t.ort(step_spec.name)
         start = start_values([t.ort(g.name) for g in t.info.spec.once], src, step_spec)
         state, parts, pos = DecodeState.empty(step.spec, batch, step, start), [], 0
@@ -109,19 +105,20 @@ def incremental_vs_full(t: Target, length: int = 10, batch: int = 3, source: int
             out = step.run(feeds)
             parts.append(step.to_host(out[step_spec.name_of(LOGITS)]))
             state, pos = state.advance(feeds, out), pos + n
-        r = compare(np.concatenate(parts, axis=1), full, c.atol, c.rtol, "encoder+" + step_spec.name, full_spec.name)
+        inc = np.concatenate(parts, axis=1)
+        r = compare(inc, full, c.atol, c.rtol, "encoder+" + step_spec.name, full_spec.name)
+        detail = r.detail
+        if not r.passed and inc.shape == full.shape:
+            bad = ~np.isclose(inc, full, atol=c.atol, rtol=c.rtol, equal_nan=False).all(axis=(0, 2))
+            detail = f"first mismatch at position {int(np.argmax(bad))}; {detail}"
         return [CheckResult("incremental_vs_full", "encoder+step", f"{case0} {name}", r.passed, r.max_abs,
-                            r.max_rel, c.atol, c.rtol, r.detail)]
+                            r.max_rel, c.atol, c.rtol, detail)]
 
-    def torch_full() -> list[CheckResult]:
-        r = compare(full_ref("ort"), full_ref("torch"), c.atol, c.rtol, "ort", "torch")
-        return [CheckResult("incremental_vs_full", "full", f"{case0} ort full == torch full", r.passed,
-                            r.max_abs, r.max_rel, c.atol, c.rtol, r.detail)]
-
+    # ONNX Runtime only: torch's full graph is torch_vs_ort's business (over the whole shape grid)
     rows = []
     for name, chunks in schedules.items():
         rows += guarded("incremental_vs_full", "encoder+step", f"{case0} {name}", lambda: run(name, chunks))
-    return rows + guarded("incremental_vs_full", "full", f"{case0} ort full == torch full", torch_full)
+    return rows
 
 
 def greedy_generation(t: Target) -> list[CheckResult]:
