@@ -277,3 +277,27 @@ def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export
         assert 400 <= status < 500 and b"source" in body, (status, body)
     finally:
         assert s.stop(60) == 0
+
+
+def test_gate_fails_a_step_graph_that_differs_and_names_where(export, tmp_path):
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from seqserve.validate import validate_export
+
+    path = shutil.copytree(export, tmp_path / "broken")
+    model = onnx.load(str(path / "step.onnx"))
+    init = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and np.prod(i.dims) > 1)
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(w + 0.5 * np.random.default_rng(0).standard_normal(w.shape).astype(w.dtype),
+                                          init.name))
+    onnx.save(model, str(path / "step.onnx"))
+    report = validate_export(path)
+    assert not report.passed
+    rows = report.rows("incremental_vs_full")
+    assert rows and all(not r.passed and "first mismatch at position" in r.detail for r in rows)
+    vs = report.rows("torch_vs_ort")
+    assert all(r.passed for r in vs if r.graph in ("encoder", "full"))
+    assert any(not r.passed for r in vs if r.graph == "step")
