@@ -77,7 +77,9 @@ def check_config(config: BenchConfig) -> None:
     from seqserve.models import get_family, make_config
 
     for fam in config.families:
-        get_family(fam)
+        if get_family(fam).task != "causal-lm":
+            raise SeqserveError(f"seqserve bench measures language-model decoding (rnn, lstm, gru, gpt); {fam} is a "
+                                f"{get_family(fam).task} family (its benchmarks are in benchmarks/)")
         if config.preset not in get_family(fam).presets:
             make_config(fam, config.preset, 100)          # raises the one-line error
     for name in ("steps", "rounds"):
