@@ -136,3 +136,31 @@ def test_generate_cli_with_beams(exported):
     # --url --beams asks the server's beam search (NAME_generate's `beams` input); no server: one line
     assert_one_line_error(run("generate", "--url", "http://127.0.0.1:1", "--model", "m", "--prompt", "x",
                               "--beams", "2"), "127.0.0.1:1")
+
+
+@pytest.mark.parametrize("family", ["lstm", "gpt"])
+def test_served_beams_equal_local_beam_search(served_repo, exported, tmp_path, family):
+    """NAME_generate with `beams` (a request parameter, or the optional input) answers the best
+    hypothesis of the same beam search the CLI runs; out-of-range beams are a 400."""
+    import json
+
+    from serving import start_server
+
+    from seqserve.export import load_export
+    from seqserve.generation.beam import beam_texts
+    from seqserve.runtime import make_backend
+
+    info = load_export(exported(family))
+    want = beam_texts(make_backend(info, "ort"), info.tokenizer, ["def "], BeamParams(beams=3, max_tokens=10))[0][0]
+    with start_server(served_repo(), tmp_path) as s:
+        for body in ({"text_input": "def ", "max_tokens": 10, "beams": 3},
+                     {"text_input": "def ", "max_tokens": 10, "parameters": {"beams": 3}}):
+            status, _, data = s.request("POST", f"/v2/models/{family}_generate/generate", body)
+            assert status == 200, data
+            doc = json.loads(data)
+            assert (doc["text_output"], doc["finish_reason"]) == (want.text, want.finish_reason)
+        for bad in (0, 65, 2.5):
+            status, _, data = s.request("POST", f"/v2/models/{family}_generate/generate",
+                                        {"text_input": "def ", "parameters": {"beams": bad}})
+            assert status == 400 and b"beams" in data, (bad, status, data)
+        assert s.request("GET", "/v2/health/ready")[0] == 200

@@ -172,11 +172,14 @@ class GenerateModel(ServedModelBase):
             start = start_values(self.once, s.once_inputs, self.backend.spec) if self.once else None
             return beam_search(self.backend, s.ids, bp, self.tokenizer.eos_id, start)[0]
 
+        self.stats.add_pending(1)           # the drain at shutdown waits for it like a stream
         try:
             best = await asyncio.to_thread(search)
         except Exception as e:  # noqa: BLE001 - a backend failure is this request's 500
             self.stats.request_failed(now_ns() - s.t0, "BACKEND")
             raise ServeError(500, f"model '{self.name}' failed: {e}") from None
+        finally:
+            self.stats.add_pending(-1)
         self.stats.request_done(now_ns() - s.t0, 0)
         text = self.tokenizer.decode([t for t in best.tokens if t != self.tokenizer.eos_id])
         return self.response(req, {"text_output": np.array([text.encode()], dtype=object),
