@@ -30,6 +30,7 @@ NUMPY = {row[1]: np.dtype(row[0]) for row in _TABLE}               # "FP32" -> d
 KSERVE_OF_NUMPY = {row[0]: row[1] for row in _TABLE}                # "float32" -> "FP32"
 KSERVE_OF_NUMPY["bytes"] = "BYTES"
 KSERVE_OF_TRITON = {row[2]: row[1] for row in _TABLE}               # "TYPE_FP32" -> "FP32"
+TRITON_OF_KSERVE = {row[1]: row[2] for row in _TABLE}               # "FP32" -> "TYPE_FP32"
 TRITON_OF_NUMPY = {row[0]: row[2] for row in _TABLE}                # "float32" -> "TYPE_FP32"
 TRITON_OF_NUMPY["bytes"] = "TYPE_STRING"
 TRITON_OF_ONNX = {row[3]: row[2] for row in _TABLE}                 # 1 -> "TYPE_FP32"

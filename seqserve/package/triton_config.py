@@ -33,9 +33,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from seqserve.dtypes import TRITON_OF_NUMPY
+from seqserve.dtypes import TRITON_OF_KSERVE, TRITON_OF_NUMPY
 from seqserve.errors import SeqserveError
 from seqserve.export.sidecar import ExportInfo
+from seqserve.generation.request import FIELDS as GENERATE_FIELDS
 from seqserve.tasks.spec import (CLASS_LOGITS, GENERATE, MASK, POSITIONS, SOURCE_MASK, SOURCE_TOKENS, STEP, GraphSpec,
                                  TensorSpec)
 
@@ -58,12 +59,10 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 # numpy dtype name -> Triton config type (seqserve/dtypes.py)
 NUMPY_TO_TRITON = {n: mc.DataType.Value(t) for n, t in TRITON_OF_NUMPY.items()}
 
-# Generation request fields besides text_input: (name, type, dims); all optional.
-GENERATE_OPTIONAL = (
-    ("max_tokens", mc.TYPE_INT32, [1]), ("temperature", mc.TYPE_FP32, [1]), ("top_k", mc.TYPE_INT32, [1]),
-    ("top_p", mc.TYPE_FP32, [1]), ("seed", mc.TYPE_UINT64, [1]), ("stop", mc.TYPE_STRING, [-1]),
-    ("beams", mc.TYPE_INT32, [1]),      # > 1: beam search, the best hypothesis as one final response
-)
+# Generation request fields besides text_input: (name, type, dims); all optional
+# (seqserve/generation/request.py describes them).
+GENERATE_OPTIONAL = tuple((f.name, mc.DataType.Value(TRITON_OF_KSERVE[f.datatype]), list(f.dims))
+                          for f in GENERATE_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,11 @@ import threading
 from typing import Iterator
 from urllib.parse import urlparse
 
+from seqserve.dtypes import NUMPY
 from seqserve.errors import SeqserveError
 from seqserve.generation.loop import TokenEvent
+from seqserve.generation.request import BY_NAME as GENERATE_FIELDS
+from seqserve.generation.request import TEXT_INPUT
 from seqserve.generation.sampling import SamplingParams
 
 
@@ -141,12 +144,10 @@ class RemoteGenerator:
         import tritonclient.grpc as g
 
         fields = request_fields(prompt, params)
-        types = {"text_input": ("BYTES", object), "max_tokens": ("INT32", np.int32), "temperature": ("FP32", np.float32),
-                 "top_k": ("INT32", np.int32), "top_p": ("FP32", np.float32), "seed": ("UINT64", np.uint64),
-                 "stop": ("BYTES", object)}
         inputs = []
-        for k, v in fields.items():
-            dt, np_t = types[k]
+        for k, v in fields.items():     # each field as the generate config declares it (generation/request.py)
+            dt = "BYTES" if k == TEXT_INPUT else GENERATE_FIELDS[k].datatype
+            np_t = NUMPY[dt]
             arr = np.array([x.encode() for x in v] if k == "stop" else
                            [v.encode() if isinstance(v, str) else v], dtype=np_t)
             t = g.InferInput(k, list(arr.shape), dt)

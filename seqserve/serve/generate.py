@@ -26,6 +26,7 @@ import numpy as np
 from seqserve.errors import SeqserveError
 from seqserve.generation.cache import DecodeState
 from seqserve.generation.loop import SequenceText, decode_step, prefill, start_values
+from seqserve.generation.request import SAMPLING_NUMBERS
 from seqserve.generation.sampling import SamplingParams, sample_rows
 from seqserve.serve.models import ServedModelBase, parameter
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
@@ -35,7 +36,7 @@ from seqserve.tasks.spec import SOURCE_TOKENS
 SHUTDOWN_FINISH = "shutdown"      # finish_reason of streams the server ended when it stopped
 LAG_EVENTS = 64                   # queued pieces past which a lagging client gets them merged
 
-_NUMERIC = {"max_tokens": int, "temperature": float, "top_k": int, "top_p": float, "seed": int}
+_NUMERIC = SAMPLING_NUMBERS      # seqserve/generation/request.py
 
 
 @dataclass
