@@ -21,17 +21,16 @@ DecodeState.select, nothing is recomputed). The target starts from <bos> (io["bo
 
 from __future__ import annotations
 
-import numpy as np
-
-from seqserve.errors import SeqserveError
+# the names and helpers both encoder-decoder tasks share; re-exported: task_module("translate").source_inputs
+from seqserve.tasks.encdec import (ENCODER_GRAPH, FULL_GRAPH, LOGITS_NAME, SOURCE_IDS, SOURCE_MASK_NAME,  # noqa: F401
+                                   STEP_GRAPH, TARGET_IDS, examples, generate_targets, pad_sources, run_graph,
+                                   source_inputs)
 from seqserve.tasks.spec import (ATTENTION, BATCH, CONSTANT, FULL, LOGITS, MASK, ONCE, POSITIONS, SEQ,
                                  SOURCE, SOURCE_MASK, SOURCE_TOKENS, STATE, STEP, TOKENS, TOTAL, GraphSpec,
                                  StatePair, TaskSpec, TensorSpec)
 
 NAME = "translate"
-ENCODER_GRAPH, STEP_GRAPH, FULL_GRAPH = "encoder", "step", "full"
-SOURCE_IDS, SOURCE_MASK_NAME, MEMORY = "source_ids", "source_mask", "encoder_hidden_states"
-TARGET_IDS, SELF_MASK, SELF_POSITIONS, LOGITS_NAME = "input_ids", "attention_mask", "position_ids", "logits"
+MEMORY, SELF_MASK, SELF_POSITIONS = "encoder_hidden_states", "attention_mask", "position_ids"
 
 
 def self_cache_names(layer: int) -> list[tuple[str, str]]:
@@ -72,72 +71,3 @@ def translate_spec(family: str, vocab_size: int, d_model: int, state: list[tuple
                               (logits, *present, *weights), tuple(pairs), STEP),
         FULL_GRAPH: GraphSpec(FULL_GRAPH, (src, src_mask, ids), (logits,), (), FULL),
     }, extra, io={"bos": True, "shared_vocab": True, "vocab_size": vocab_size, **io})
-
-
-def run_graph(model, graph: GraphSpec, inputs: dict) -> dict:
-    """One graph of a translate torch model, by tensor names (exporter and torch backend)."""
-    if graph.runs == ONCE:
-        return model.run_encoder(inputs)
-    if graph.runs == FULL:
-        return {LOGITS_NAME: model(inputs[SOURCE_IDS], inputs[SOURCE_MASK_NAME], inputs[TARGET_IDS])}
-    return model.run_step(inputs)
-
-
-def source_inputs(spec: TaskSpec, tokenizer, text: str) -> dict:
-    """One source text -> the encoder's inputs (batch 1): source_ids and an all-ones source_mask.
-    SeqserveError (saying what was expected) for an empty text, characters that never appeared in
-    a training source (io["source_chars"]), or more tokens than io["max_source_len"]."""
-    if not isinstance(text, str) or not text:
-        raise SeqserveError("the source text is empty; give at least one character")
-    allowed = spec.io.get("source_chars")
-    if allowed:
-        bad = sorted({c for c in text if c not in allowed})
-        if bad:
-            raise SeqserveError(f"the source has {len(bad)} character(s) outside the source vocabulary: "
-                                f"{', '.join(map(repr, bad[:10]))} (expected only {allowed!r})")
-    ids = tokenizer.encode(text)        # SeqserveError naming characters outside the vocabulary
-    limit = spec.io.get("max_source_len")
-    if limit is not None and len(ids) > limit:
-        raise SeqserveError(f"the source has {len(ids)} characters; the model takes at most {limit}")
-    return {SOURCE_IDS: np.asarray([ids], np.int64), SOURCE_MASK_NAME: np.ones((1, len(ids)), np.int64)}
-
-
-def pad_sources(spec: TaskSpec, tokenizer, texts: list[str]) -> dict:
-    """Several source texts -> source_ids / source_mask [N, longest], right-padded (<pad>, mask 0)."""
-    rows = [source_inputs(spec, tokenizer, t)[SOURCE_IDS][0] for t in texts]
-    n = max(len(r) for r in rows)
-    ids = np.full((len(rows), n), tokenizer.pad_id, np.int64)
-    mask = np.zeros((len(rows), n), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1
-    return {SOURCE_IDS: ids, SOURCE_MASK_NAME: mask}
-
-
-def examples(raw: dict) -> tuple[list[str], list[str]]:
-    """The held-out examples an export's sidecar carries -> (sources, expected targets)."""
-    ex = [e for e in raw.get("examples", []) if isinstance(e, dict) and "source" in e and "target" in e]
-    if not ex:
-        raise SeqserveError("this export's seqserve.json carries no examples (source and expected target)")
-    return [str(e["source"]) for e in ex], [str(e["target"]) for e in ex]
-
-
-def generate_targets(encoder, step, spec: TaskSpec, tokenizer, sources: list[str], params):
-    """A target for every source through the one decoding loop (encoder once, then step):
-    params SamplingParams -> TokenEvents as they come (index = the source's); BeamParams -> a list
-    of BeamText hypotheses per source, best first. Sources are checked before any work."""
-    from seqserve.generation import Chain, generate
-    from seqserve.generation.beam import BeamParams, BeamText, beam_search
-    from seqserve.generation.loop import start_values
-
-    inputs = [source_inputs(spec, tokenizer, s) for s in sources]
-    limit = spec.extra.get("max_seq_len")
-    if limit is not None and params.max_tokens > limit:
-        raise SeqserveError(f"max_tokens {params.max_tokens} exceeds the model's {limit} target positions")
-    if not isinstance(params, BeamParams):
-        return generate(step, tokenizer, [""] * len(sources), params, None, Chain((encoder,), bos=True), inputs)
-    out = []
-    for x in inputs:    # the encoder once per source; select() copies its outputs to every beam row
-        hyps = beam_search(step, [tokenizer.bos_id], params, tokenizer.eos_id, start_values((encoder,), x, step.spec))
-        out.append([BeamText(tokenizer.decode([t for t in h.tokens if t != tokenizer.eos_id]), h.score,
-                             h.finish_reason, h.tokens) for h in hyps])
-    return out

@@ -124,7 +124,7 @@ def incremental_vs_full(t: Target, length: int = 10, batch: int = 3, source: int
 def greedy_generation(t: Target) -> list[CheckResult]:
     from seqserve.generation import SamplingParams
     from seqserve.generation.beam import BeamParams
-    from seqserve.tasks.translate import examples
+    from seqserve.tasks.encdec import examples
 
     c = t.config
     try:
@@ -149,7 +149,7 @@ def greedy_generation(t: Target) -> list[CheckResult]:
 def _generation_rows(t: Target, sources: list[str], params, cases: list[str]) -> list[CheckResult]:
     from seqserve.generation import generate_text
     from seqserve.generation.beam import BeamParams
-    from seqserve.tasks.translate import generate_targets
+    from seqserve.tasks.encdec import generate_targets
 
     tok, spec = t.info.tokenizer, t.info.spec
     names = (spec.once[0].name, spec.step.name)
