@@ -11,8 +11,8 @@ then also takes an attention mask and positions so rows of different lengths sha
 
 from __future__ import annotations
 
-from seqserve.tasks.spec import (BATCH, FULL, LOGITS, MASK, POSITIONS, SEQ, STATE, STEP, TOKENS, TOTAL,
-                                 GraphSpec, StatePair, TaskSpec, TensorSpec)
+from seqserve.tasks.spec import (BATCH, FULL, LOGITS, SEQ, STEP, TOKENS, GraphSpec, TaskSpec, TensorSpec,
+                                 state_tensors)
 
 NAME = "causal-lm"
 FULL_GRAPH, STEP_GRAPH = "full", "step"
@@ -25,18 +25,10 @@ def causal_lm_spec(family: str, vocab_size: int, state: list[tuple[str, str, tup
     graph then takes attention_mask and position_ids."""
     ids = TensorSpec("input_ids", "int64", (BATCH, SEQ), TOKENS)
     logits = TensorSpec("logits", "float32", (BATCH, SEQ, vocab_size), LOGITS)
-    past, present, pairs = [], [], []
-    for name_in, name_out, dims, seq_axis in state:
-        out_dims = dims if seq_axis is None else (*dims[:seq_axis], TOTAL, *dims[seq_axis + 1:])
-        past.append(TensorSpec(name_in, "float32", tuple(dims), STATE))
-        present.append(TensorSpec(name_out, "float32", tuple(out_dims), STATE))
-        pairs.append(StatePair(name_in, name_out, seq_axis))
-    growing = any(p.seq_axis is not None for p in pairs)
-    positional = (TensorSpec("attention_mask", "int64", (BATCH, TOTAL), MASK),
-                  TensorSpec("position_ids", "int64", (BATCH, SEQ), POSITIONS)) if growing else ()
+    past, present, pairs, positional = state_tensors(state)
     return TaskSpec(NAME, family, {
         FULL_GRAPH: GraphSpec(FULL_GRAPH, (ids,), (logits,), (), FULL),
-        STEP_GRAPH: GraphSpec(STEP_GRAPH, (ids, *positional, *past), (logits, *present), tuple(pairs), STEP),
+        STEP_GRAPH: GraphSpec(STEP_GRAPH, (ids, *positional, *past), (logits, *present), pairs, STEP),
     }, extra)
 
 

@@ -223,6 +223,23 @@ def _from_v1(d: dict) -> TaskSpec:
                     d.get("extra", {}))
 
 
+def state_tensors(state: list[tuple[str, str, tuple, int | None]]):
+    """A step graph's state from (input name, output name, dims of the input, seq_axis) per pair
+    -> (past inputs, present outputs, StatePairs, positional inputs). A KV cache (seq_axis set)
+    grows along that axis: its output's dim there is total_sequence, and the step then takes
+    attention_mask [B, TOTAL] and position_ids [B, SEQ] (positional; () for fixed-size state)."""
+    past, present, pairs = [], [], []
+    for name_in, name_out, dims, seq_axis in state:
+        out_dims = dims if seq_axis is None else (*dims[:seq_axis], TOTAL, *dims[seq_axis + 1:])
+        past.append(TensorSpec(name_in, "float32", tuple(dims), STATE))
+        present.append(TensorSpec(name_out, "float32", tuple(out_dims), STATE))
+        pairs.append(StatePair(name_in, name_out, seq_axis))
+    growing = any(p.seq_axis is not None for p in pairs)
+    positional = (TensorSpec("attention_mask", "int64", (BATCH, TOTAL), MASK),
+                  TensorSpec("position_ids", "int64", (BATCH, SEQ), POSITIONS)) if growing else ()
+    return tuple(past), tuple(present), tuple(pairs), positional
+
+
 def _by_name(tensors: tuple[TensorSpec, ...], name: str) -> TensorSpec:
     for t in tensors:
         if t.name == name:

@@ -25,9 +25,8 @@ from __future__ import annotations
 from seqserve.tasks.encdec import (ENCODER_GRAPH, FULL_GRAPH, LOGITS_NAME, SOURCE_IDS, SOURCE_MASK_NAME,  # noqa: F401
                                    STEP_GRAPH, TARGET_IDS, examples, generate_targets, pad_sources, run_graph,
                                    source_inputs)
-from seqserve.tasks.spec import (ATTENTION, BATCH, CONSTANT, FULL, LOGITS, MASK, ONCE, POSITIONS, SEQ,
-                                 SOURCE, SOURCE_MASK, SOURCE_TOKENS, STATE, STEP, TOKENS, TOTAL, GraphSpec,
-                                 StatePair, TaskSpec, TensorSpec)
+from seqserve.tasks.spec import (ATTENTION, BATCH, CONSTANT, FULL, LOGITS, ONCE, SEQ, SOURCE, SOURCE_MASK,
+                                 SOURCE_TOKENS, STEP, TOKENS, GraphSpec, TaskSpec, TensorSpec, state_tensors)
 
 NAME = "translate"
 MEMORY, SELF_MASK, SELF_POSITIONS = "encoder_hidden_states", "attention_mask", "position_ids"
@@ -55,19 +54,11 @@ def translate_spec(family: str, vocab_size: int, d_model: int, state: list[tuple
     consts = tuple(TensorSpec(n, "float32", tuple(d), CONSTANT) for n, d in constants)
     ids = TensorSpec(TARGET_IDS, "int64", (BATCH, SEQ), TOKENS)
     logits = TensorSpec(LOGITS_NAME, "float32", (BATCH, SEQ, vocab_size), LOGITS)
-    past, present, pairs = [], [], []
-    for name_in, name_out, dims, seq_axis in state:
-        out_dims = dims if seq_axis is None else (*dims[:seq_axis], TOTAL, *dims[seq_axis + 1:])
-        past.append(TensorSpec(name_in, "float32", tuple(dims), STATE))
-        present.append(TensorSpec(name_out, "float32", tuple(out_dims), STATE))
-        pairs.append(StatePair(name_in, name_out, seq_axis))
-    growing = any(p.seq_axis is not None for p in pairs)
-    positional = (TensorSpec(SELF_MASK, "int64", (BATCH, TOTAL), MASK),
-                  TensorSpec(SELF_POSITIONS, "int64", (BATCH, SEQ), POSITIONS)) if growing else ()
+    past, present, pairs, positional = state_tensors(state)     # positional: SELF_MASK, SELF_POSITIONS
     weights = (TensorSpec("attention_weights", "float32", (BATCH, SEQ, SOURCE), ATTENTION),) if attention else ()
     return TaskSpec(NAME, family, {
         ENCODER_GRAPH: GraphSpec(ENCODER_GRAPH, (src, src_mask), (memory, *consts), (), ONCE),
         STEP_GRAPH: GraphSpec(STEP_GRAPH, (ids, *positional, src_mask, *past, *consts),
-                              (logits, *present, *weights), tuple(pairs), STEP),
+                              (logits, *present, *weights), pairs, STEP),
         FULL_GRAPH: GraphSpec(FULL_GRAPH, (src, src_mask, ids), (logits,), (), FULL),
     }, extra, io={"bos": True, "shared_vocab": True, "vocab_size": vocab_size, **io})
