@@ -21,7 +21,7 @@ import numpy as np
 from seqserve.tasks.spec import (BATCH, LOGITS, PAST, SEQ, SOURCE, SOURCE_MASK, SOURCE_TOKENS, TOKENS,
                                  example_inputs)
 from seqserve.validate.compare import compare
-from seqserve.validate.parity import _chunks, _torch_vs_ort_case
+from seqserve.validate.parity import _chunks, _torch_vs_ort_case, flat_beams, token_rows
 from seqserve.validate.results import CheckResult
 from seqserve.validate.target import Target, Unusable, guarded
 
@@ -158,8 +158,7 @@ def _generation_rows(t: Target, sources: list[str], params, cases: list[str]) ->
         encoder, step = (getattr(t, kind)(g) for g in names)
         out = generate_targets(encoder, step, spec, tok, sources, params)
         if isinstance(params, BeamParams):
-            return [SimpleNamespace(tokens=[x for h in hyps for x in (*h.tokens, -1)], text=hyps[0].text)
-                    for hyps in out]
+            return flat_beams(out)
         events = out
         out = [SimpleNamespace(tokens=[], text="") for _ in sources]
         for ev in events:
@@ -167,17 +166,4 @@ def _generation_rows(t: Target, sources: list[str], params, cases: list[str]) ->
             out[ev.index].text += ev.text
         return out
 
-    ref, got = run("torch"), run("ort")
-    rows = []
-    for case, a, b in zip(cases, got, ref):
-        diff = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
-        if diff is None and len(a.tokens) != len(b.tokens):
-            diff = min(len(a.tokens), len(b.tokens))
-        if diff is None:
-            rows.append(CheckResult("greedy_generation", "encoder+step", case, True,
-                                    detail=f"{len(a.tokens)} identical tokens: {b.text[:40]!r}"))
-        else:
-            rows.append(CheckResult("greedy_generation", "encoder+step", case, False, detail=(
-                f"first difference at generated token {diff}: torch {b.tokens[diff:diff + 1]} vs ort "
-                f"{a.tokens[diff:diff + 1]}; torch {b.text[:40]!r}, ort {a.text[:40]!r}")))
-    return rows
+    return token_rows("encoder+step", cases, run("torch"), run("ort"))

@@ -158,23 +158,34 @@ def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n:
     step = t.info.spec.step.name
     chain = _chain_for(t, len(prompts))
     if isinstance(params, BeamParams):
-        def run(backend):      # all hypotheses of each prompt, best first, as one token list
-            return [SimpleNamespace(tokens=[x for h in hyps for x in (*h.tokens, -1)], text=hyps[0].text)
-                    for hyps in beam_texts(backend, tok, prompts, params, t.info.max_context, *chain(backend.name))]
+        def run(backend):
+            return flat_beams(beam_texts(backend, tok, prompts, params, t.info.max_context, *chain(backend.name)))
     else:
         def run(backend):
             return generate_text(backend, tok, prompts, params, t.info.max_context, *chain(backend.name))
-    ref, got = run(t.torch(step)), run(t.ort(step))
+    return token_rows("step", cases, run(t.torch(step)), run(t.ort(step)))
+
+
+def flat_beams(hyps_per_row: list) -> list[SimpleNamespace]:
+    """All hypotheses of each row, best first, as one token list (-1 between them) and the best
+    one's text: what token_rows compares for a beam search."""
+    return [SimpleNamespace(tokens=[x for h in hyps for x in (*h.tokens, -1)], text=hyps[0].text)
+            for hyps in hyps_per_row]
+
+
+def token_rows(graph: str, cases: list[str], ref: list, got: list) -> list[CheckResult]:
+    """A greedy_generation row per case: torch's (ref) and ORT's (got) generated .tokens must be
+    identical; a failure names the first generated token that differs and both texts."""
     rows = []
     for case, a, b in zip(cases, got, ref):
         diff = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), None)
         if diff is None and len(a.tokens) != len(b.tokens):
             diff = min(len(a.tokens), len(b.tokens))
         if diff is None:
-            rows.append(CheckResult("greedy_generation", "step", case, True,
+            rows.append(CheckResult("greedy_generation", graph, case, True,
                                     detail=f"{len(a.tokens)} identical tokens: {b.text[:40]!r}"))
             continue
-        rows.append(CheckResult("greedy_generation", "step", case, False, detail=(
+        rows.append(CheckResult("greedy_generation", graph, case, False, detail=(
             f"first difference at generated token {diff}: torch {b.tokens[diff:diff + 1]} vs ort "
             f"{a.tokens[diff:diff + 1]}; torch {b.text[:40]!r}, ort {a.text[:40]!r}")))
     return rows
