@@ -1,7 +1,7 @@
 """Training for the classify and tag tasks: batching, loss and held-out accuracy.
 
-The trainer (seqserve/training/trainer.py) hands a family whose task is not causal-lm to
-`train` here (TASK_TRAINERS). Data: seqserve/data/labelled.py (stdlib packages / tokenize tags).
+The training loop (seqserve/training/trainer.py) asks `setup` here for the classify and tag
+families' Task (TASK_TRAINERS). Data: seqserve/data/labelled.py (stdlib packages / tokenize tags).
 
     classify  a batch is B random windows, each of a class drawn uniformly (then a file of that
               class by its length), labelled with its file's package; the window length is drawn per batch from [seq_len/2, seq_len] so a
@@ -15,44 +15,34 @@ The trainer (seqserve/training/trainer.py) hands a family whose task is not caus
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from seqserve.checkpoint import load_checkpoint, load_optimizer, save_checkpoint
 from seqserve.data import Tokenizer
 from seqserve.data.labelled import load_classify, load_tag
 from seqserve.errors import SeqserveError
-from seqserve.io import check_replaceable
 from seqserve.models import build_model, get_family, make_config
+from seqserve.training.trainer import Task, resume_or_build
 
 N_EXAMPLES = 6            # held-out examples the checkpoint (and so the export sidecar) carries
 EVAL_SEED = 1234
 
 
-def train(cfg, out: str | Path, resume=None, progress=None):
-    from seqserve.training.trainer import TrainingInterrupted, TrainResult
-
-    fam = get_family(cfg.family)
+def setup(cfg, resume) -> Task:
+    """The classify or tag task for seqserve.training.train (cfg: TrainConfig)."""
+    tag = get_family(cfg.family).task == "tag"
     if cfg.corpus is not None:
         raise SeqserveError(f"--corpus applies to language models; {cfg.family} learns from the standard "
-                            f"library's {'packages' if fam.task == 'classify' else 'tokenize tags'}")
-    check_replaceable(Path(out), "config.json")
-    torch.manual_seed(cfg.seed)
-    data = (load_classify if fam.task == "classify" else load_tag)(cfg.max_corpus_bytes)
-    start_step, history = 0, []
-    if resume:
-        ckpt = load_checkpoint(resume)
-        if ckpt.family != cfg.family:
-            raise SeqserveError(f"cannot resume a {ckpt.family} checkpoint as {cfg.family}")
-        model, tok = ckpt.model.train(), ckpt.tokenizer
-    else:
+                            f"library's {'tokenize tags' if tag else 'packages'}")
+    data = (load_tag if tag else load_classify)(cfg.max_corpus_bytes)
+
+    def build():
         tok = Tokenizer.fit("".join(t for t, _ in data.train + data.val), cfg.tokenizer)
-        model = build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, labels=data.labels,
-                                                    **cfg.model_overrides))
+        return build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, labels=data.labels,
+                                                   **cfg.model_overrides)), tok
+
+    model, tok = resume_or_build(cfg, resume, build)
     if not model.config.recurrent and cfg.seq_len > model.config.max_seq_len:
         raise SeqserveError(f"seq_len {cfg.seq_len} is longer than the transformer's max_seq_len "
                             f"{model.config.max_seq_len}; lower --seq-len")
@@ -61,59 +51,24 @@ def train(cfg, out: str | Path, resume=None, progress=None):
     if not train_set or not val_set:
         raise SeqserveError(f"no file has {cfg.seq_len + 1} characters in the training or held-out part; "
                             "lower --seq-len or raise --max-corpus-mb")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if resume:
-        st = load_optimizer(resume, opt)
-        start_step, history = st["step"], st.get("history", [])
-        for group in opt.param_groups:
-            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
-    tag = fam.task == "tag"
-    gen = torch.Generator().manual_seed(cfg.seed + start_step)
-    t0, done_step, loss_ema = time.monotonic(), start_step, None
 
-    def save(scores: dict, **extra):
-        training = {"config": asdict(cfg), "steps": done_step, "val_bpc": None, **scores,
-                    "corpus": data.source, "labels": list(data.labels),
-                    "train_tokens": sum(len(x) for x, _ in train_set), "examples": _examples(data, tok, tag),
-                    **extra}
-        save_checkpoint(out, cfg.family, model.eval(), tok, training, opt, {"step": done_step, "history": history})
-
-    model.train()
-    try:
-        for step in range(start_step + 1, cfg.steps + 1):
+    def batches(start_step: int):
+        gen = torch.Generator().manual_seed(cfg.seed + start_step)
+        while True:
             length = cfg.seq_len if tag else int(torch.randint(cfg.seq_len // 2, cfg.seq_len + 1, (1,), generator=gen))
-            x, y = _batch(train_set, cfg.batch_size, max(length, 1), gen)
-            loss = _loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            done_step = step
-            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-            metrics = {"step": step, "train_loss": loss_ema}
-            done = cfg.minutes is not None and time.monotonic() - t0 > cfg.minutes * 60
-            if step % cfg.eval_every == 0 or step == cfg.steps or done:
-                metrics.update(evaluate(model, val_set, cfg, tag))
-                history.append(metrics)
-            if progress:
-                progress(step, cfg.steps, metrics)
-            if done:
-                break
-    except KeyboardInterrupt:
-        if done_step == start_step:
-            raise TrainingInterrupted(None, None) from None
-        save(_scores(history), interrupted=True)
-        raise TrainingInterrupted(Path(out), done_step) from None
-    if not history or history[-1]["step"] != done_step:
-        history.append({"step": done_step, "train_loss": loss_ema, **evaluate(model, val_set, cfg, tag)})
-    scores = _scores(history)
-    save(scores)
-    return TrainResult(Path(out), done_step, (loss_ema or 0) / math.log(2),
-                       history[-1]["val_loss"] / math.log(2), history, scores)
+            yield _batch(train_set, cfg.batch_size, max(length, 1), gen)
 
+    def loss(b):
+        x, y = b
+        return _loss(model(x), y)
 
-def _scores(history: list[dict]) -> dict:
-    return {k: history[-1][k] for k in ("val_loss", "val_accuracy")} if history else {}
+    scores = ("val_loss", "val_accuracy")
+    return Task(model, tok, batches, loss, evaluate=lambda: evaluate(model, val_set, cfg, tag),
+                record=lambda m: {"val_bpc": None, **({k: m[k] for k in scores} if m else {}),
+                                  "corpus": data.source, "labels": list(data.labels),
+                                  "train_tokens": sum(len(x) for x, _ in train_set),
+                                  "examples": _examples(data, tok, tag)},
+                val_bpc=lambda m: m["val_loss"] / math.log(2), scores=scores, bits=False)
 
 
 def _encoded(items, tok: Tokenizer, seq_len: int) -> list[tuple[torch.Tensor, object]]:

@@ -1,4 +1,8 @@
-"""Training: AdamW, gradient clipping, truncated BPTT for the recurrent families.
+"""Training: one loop (`train`) for every task, AdamW, gradient clipping, truncated BPTT.
+
+Each task gives the loop a `Task` (model, batches, loss, held-out evaluation, training-record
+fields): causal-lm here, the others in the TASK_TRAINERS modules. The loop owns the optimizer,
+the evaluation cadence, the --minutes budget, the history, Ctrl-C, checkpoints and --resume.
 
 Recurrent families read the token stream as `batch_size` parallel lanes and walk them in chunks of
 `seq_len`; the hidden state is carried from one chunk to the next and detached, so gradients flow
@@ -8,10 +12,12 @@ The GPT family trains on random windows of `seq_len` tokens.
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +30,7 @@ from seqserve.models import build_model, get_family, make_config
 
 DEFAULT_STEPS = 200
 UNBOUNDED_STEPS = 1_000_000_000   # "train until --minutes runs out": more steps than any budget allows
-# task -> module whose train(cfg, out, resume, progress) trains families of that task
+# task -> module whose setup(cfg, resume) -> Task trains families of that task with `train`
 TASK_TRAINERS = {"conditioned": "seqserve.training.conditioned", "classify": "seqserve.training.labelled",
                  "tag": "seqserve.training.labelled", "translate": "seqserve.training.translation",
                  "seq2seq": "seqserve.training.seq2seq"}
@@ -86,25 +92,110 @@ class TrainResult:
     scores: dict = field(default_factory=dict)   # task-specific held-out scores (exact_match, ...)
 
 
+@dataclass(frozen=True)
+class Task:
+    """What one task gives the training loop (`train`); the loop owns the optimizer, the evaluation
+    cadence, the time budget, the history, checkpoints and --resume. Built by `setup(cfg, resume)`
+    (here for causal-lm, in the TASK_TRAINERS module for the others)."""
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    batches: Callable[[int], Iterator]           # start step -> training batches (a resumed run goes on)
+    loss: Callable[[Any], torch.Tensor]          # batch -> mean loss in nats (backward is the loop's)
+    evaluate: Callable[[], dict]                 # held-out metrics, every eval_every steps
+    record: Callable[[dict], dict]               # latest held-out metrics ({} if none) -> training-record fields
+    val_bpc: Callable[[dict], float] = lambda m: m["val_bpc"]   # held-out metrics -> TrainResult.val_bpc
+    scores: tuple[str, ...] = ()                 # held-out metrics TrainResult.scores reports
+    bits: bool = True                            # progress shows train_bpc (bits); False: train_loss (nats)
+    final_evaluate: Callable[[], dict] | None = None   # a fuller pass at the end; None: reuse the last
+    threads: int | None = None                   # torch threads while training (None: leave as is)
+
+
+def resume_or_build(cfg: TrainConfig, resume, build: Callable[[], tuple]) -> tuple:
+    """(model, tokenizer): the checkpoint's when resuming (same family), else `build()`."""
+    if not resume:
+        return build()
+    ckpt = load_checkpoint(resume)
+    if ckpt.family != cfg.family:
+        raise SeqserveError(f"cannot resume a {ckpt.family} checkpoint as {cfg.family}")
+    return ckpt.model.train(), ckpt.tokenizer
+
+
 def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, progress=None) -> TrainResult:
     """Train and save a checkpoint folder at `out`. `progress(step, total, metrics)` is called often."""
-    fam = get_family(cfg.family)
-    if fam.task in TASK_TRAINERS:                 # other tasks: their own batches and loss
-        import importlib
-
-        return importlib.import_module(TASK_TRAINERS[fam.task]).train(cfg, out, resume, progress)
+    task_name = get_family(cfg.family).task
+    setup = importlib.import_module(TASK_TRAINERS[task_name]).setup if task_name in TASK_TRAINERS else _causal_lm
     check_replaceable(Path(out), "config.json")   # fail now, not at the save after the run
-    torch.manual_seed(cfg.seed)
+    threads = torch.get_num_threads()
+    try:
+        torch.manual_seed(cfg.seed)
+        task = setup(cfg, resume)
+        model = task.model
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        start_step, history = 0, []
+        if resume:
+            st = load_optimizer(resume, opt)
+            start_step, history = st["step"], st.get("history", [])
+            for group in opt.param_groups:                 # the saved groups hold the old run's values
+                group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
+        if task.threads:
+            torch.set_num_threads(task.threads)
+        train_key, unit = ("train_bpc", math.log(2)) if task.bits else ("train_loss", 1.0)
+        batches = task.batches(start_step)
+        t0, done_step, loss_ema = time.monotonic(), start_step, None
+
+        def save(metrics, **extra):
+            training = {"config": asdict(cfg), "steps": done_step, **task.record(metrics), **extra}
+            save_checkpoint(out, cfg.family, model.eval(), task.tokenizer, training, opt,
+                            {"step": done_step, "history": history})
+
+        model.train()
+        try:
+            for step in range(start_step + 1, cfg.steps + 1):
+                loss = task.loss(next(batches))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                opt.step()
+                done_step = step
+                loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+                metrics = {"step": step, train_key: loss_ema / unit}
+                done = cfg.minutes is not None and time.monotonic() - t0 > cfg.minutes * 60
+                if step % cfg.eval_every == 0 or step == cfg.steps or done:
+                    metrics.update(task.evaluate())
+                    history.append(metrics)
+                if progress:
+                    progress(step, cfg.steps, metrics)
+                if done:
+                    break
+        except KeyboardInterrupt:
+            # Keep what was trained: save the last finished step (resumable), then stop as asked.
+            if done_step == start_step:
+                raise TrainingInterrupted(None, None) from None
+            save(history[-1] if history else {}, interrupted=True)
+            raise TrainingInterrupted(Path(out), done_step) from None
+        last = history[-1] if history else {}
+        if task.final_evaluate is not None:
+            last = {**last, "step": done_step, **task.final_evaluate()}
+        elif last.get("step") != done_step:            # no step ran (a finished run resumed): score it now
+            last = {"step": done_step, train_key: loss_ema and loss_ema / unit, **task.evaluate()}
+            history.append(last)
+        save(last)
+        return TrainResult(Path(out), done_step, (loss_ema or 0) / math.log(2), task.val_bpc(last), history,
+                           {k: last[k] for k in task.scores})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _causal_lm(cfg: TrainConfig, resume) -> Task:
+    """The causal-lm task: next-token loss on the corpus (lanes with truncated BPTT, or windows)."""
+    fam = get_family(cfg.family)
     corpus = load_corpus(cfg.corpus, cfg.max_corpus_bytes)
-    start_step, history = 0, []
-    if resume:
-        ckpt = load_checkpoint(resume)
-        if ckpt.family != cfg.family:
-            raise SeqserveError(f"cannot resume a {ckpt.family} checkpoint as {cfg.family}")
-        model, tok = ckpt.model.train(), ckpt.tokenizer
-    else:
+
+    def build():
         tok = Tokenizer.fit(corpus.train + corpus.val, cfg.tokenizer)
-        model = build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, **cfg.model_overrides))
+        return build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, **cfg.model_overrides)), tok
+
+    model, tok = resume_or_build(cfg, resume, build)
     max_len = getattr(model.config, "max_seq_len", None)
     if max_len is not None and cfg.seq_len > max_len:
         raise SeqserveError(f"seq_len {cfg.seq_len} is longer than the {cfg.family} model's "
@@ -114,56 +205,26 @@ def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, p
     if min(len(train_ids), len(val_ids)) < cfg.batch_size * (cfg.seq_len + 1):
         raise SeqserveError(f"corpus too small for batch {cfg.batch_size} x seq_len {cfg.seq_len}: "
                             f"{len(train_ids)} train / {len(val_ids)} validation tokens")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if resume:
-        st = load_optimizer(resume, opt)
-        start_step, history = st["step"], st.get("history", [])
-        for group in opt.param_groups:                 # the saved groups hold the old run's values
-            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
-    batches = _lanes(train_ids, cfg, start_step) if fam.recurrent else _windows(train_ids, cfg, cfg.seed + start_step)
-    state, t0, done_step, loss_ema = None, time.monotonic(), start_step, None
+    state = None
 
-    def save(val_bpc, **extra):
-        training = {"config": asdict(cfg), "steps": done_step, "val_bpc": val_bpc, "corpus": corpus.source,
-                    "corpus_files": corpus.files, "train_tokens": len(train_ids), **extra}
-        save_checkpoint(out, cfg.family, model.eval(), tok, training, opt, {"step": done_step, "history": history})
+    def loss(batch):
+        nonlocal state
+        x, y, reset = batch                                # (B, T), (B, T), first chunk of a pass
+        if fam.recurrent:
+            if state is None or reset:
+                state = model.initial_state(x.shape[0])
+            logits, state = model.step(x, state)
+            state = tuple(s.detach() for s in state)       # truncate BPTT at the chunk edge
+        else:
+            logits = model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
-    model.train()
-    try:
-        for step in range(start_step + 1, cfg.steps + 1):
-            x, y, reset = next(batches)
-            if fam.recurrent:
-                if state is None or reset:
-                    state = model.initial_state(x.shape[0])
-                logits, state = model.step(x, state)
-                state = tuple(s.detach() for s in state)       # truncate BPTT at the chunk edge
-            else:
-                logits = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            done_step = step
-            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-            metrics = {"step": step, "train_bpc": loss_ema / math.log(2)}
-            done = cfg.minutes is not None and time.monotonic() - t0 > cfg.minutes * 60
-            if step % cfg.eval_every == 0 or step == cfg.steps or done:
-                metrics["val_bpc"] = evaluate(model, val_ids, cfg, fam.recurrent)
-                history.append(metrics)
-            if progress:
-                progress(step, cfg.steps, metrics)
-            if done:
-                break
-    except KeyboardInterrupt:
-        # Keep what was trained: save the last finished step (resumable), then stop as asked.
-        if done_step == start_step:
-            raise TrainingInterrupted(None, None) from None
-        save(history[-1]["val_bpc"] if history else None, interrupted=True)
-        raise TrainingInterrupted(Path(out), done_step) from None
-    val_bpc = history[-1]["val_bpc"] if history else evaluate(model, val_ids, cfg, fam.recurrent)
-    save(val_bpc)
-    return TrainResult(Path(out), done_step, (loss_ema or 0) / math.log(2), val_bpc, history)
+    return Task(
+        model, tok, loss=loss,
+        batches=lambda start: _lanes(train_ids, cfg, start) if fam.recurrent else _windows(train_ids, cfg, cfg.seed + start),
+        evaluate=lambda: {"val_bpc": evaluate(model, val_ids, cfg, fam.recurrent)},
+        record=lambda m: {"val_bpc": m.get("val_bpc"), "corpus": corpus.source, "corpus_files": corpus.files,
+                          "train_tokens": len(train_ids)})
 
 
 @torch.no_grad()

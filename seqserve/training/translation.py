@@ -10,24 +10,20 @@ record keeps a handful of held-out examples, which `seqserve export` moves into 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from seqserve.checkpoint import load_checkpoint, load_optimizer, save_checkpoint
 from seqserve.data import Tokenizer
 from seqserve.data.translation import Pairs, load_number_pairs
-from seqserve.errors import SeqserveError
-from seqserve.io import check_replaceable
 from seqserve.models import build_model, make_config
+from seqserve.training import heldout
+from seqserve.training.trainer import Task, resume_or_build
 
 N_EXAMPLES = 6          # held-out examples an export carries
 EVAL_PAIRS = 400        # held-out pairs scored at the end of training (greedy exact match)
 EVAL_PAIRS_DURING = 64  # ... and at each evaluation during training (greedy decoding is the cost)
+EXAMPLE_ROWS = (0, 3, 14, 77, 342, 1599)   # held-out rows the export carries: numbers of 1 to 4 digits
 
 
 def batch(tok: Tokenizer, data: Pairs, rows):
@@ -50,110 +46,76 @@ def batch(tok: Tokenizer, data: Pairs, rows):
 @torch.no_grad()
 def greedy(model, tok: Tokenizer, source_ids, source_mask, max_tokens: int) -> list[str]:
     """Greedy targets (torch eager, KV cache; the served loop is seqserve.generation)."""
-    B = source_ids.shape[0]
     _, cross = model.encode(source_ids, source_mask)
-    past = model.empty_past(B)
-    ids = torch.full((B, 1), tok.bos_id, dtype=torch.long)
-    out, done = [[] for _ in range(B)], torch.zeros(B, dtype=torch.bool)
-    for _ in range(max_tokens):
+    past = model.empty_past(source_ids.shape[0])
+
+    def next_logits(ids):
+        nonlocal past
         logits, past = model.decode(ids, past, cross, source_mask)
-        ids = logits[:, -1].argmax(-1, keepdim=True)
-        for r, t in enumerate(ids[:, 0].tolist()):
-            if not done[r] and t != tok.eos_id:
-                out[r].append(t)
-        done |= ids[:, 0] == tok.eos_id
-        if done.all():
-            break
-    return [tok.decode(o) for o in out]
+        return logits
+
+    return heldout.greedy(next_logits, tok, source_ids.shape[0], max_tokens)
 
 
 @torch.no_grad()
 def evaluate(model, tok: Tokenizer, data: Pairs, n: int = EVAL_PAIRS) -> dict:
     """Held-out loss (bits per token), token accuracy (teacher-forced) and exact match (greedy)."""
+    rows = np.unique(np.linspace(0, len(data) - 1, min(n, len(data))).astype(int))   # spread over 1-4 digits
+
+    def decode(s, m, x):
+        return greedy(model, tok, s, m, min(x.shape[1] + 8, model.config.max_seq_len))
+
+    return score_pairs(model, tok, data, rows, decode)
+
+
+@torch.no_grad()
+def score_pairs(model, tok: Tokenizer, data: Pairs, rows, decode) -> dict:
+    """evaluate() on held-out `rows`; `decode(source_ids, source_mask, decoder_inputs)` -> greedy targets."""
     was = model.training
     model.eval()
-    rows = np.unique(np.linspace(0, len(data) - 1, min(n, len(data))).astype(int))   # spread over 1-4 digits
     s, m, x, y = batch(tok, data, rows)
-    logits = model(s, m, x)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100).item()
-    real = y != -100
-    token_acc = ((logits.argmax(-1) == y) & real).sum().item() / real.sum().item()
-    got = greedy(model, tok, s, m, min(x.shape[1] + 8, model.config.max_seq_len))
-    exact = float(np.mean([g == data.targets[i] for g, i in zip(got, rows)]))
+    loss, token_acc = heldout.teacher_forced(model(s, m, x), y)
+    exact = float(np.mean([g == data.targets[i] for g, i in zip(decode(s, m, x), rows)]))
     model.train(was)
     return {"val_bpc": loss / math.log(2), "token_accuracy": token_acc, "exact_match": exact}
 
 
-def train(cfg, out: str | Path, resume=None, progress=None):
-    """seqserve.training.train for translate families (cfg: TrainConfig; corpus options unused)."""
-    from seqserve.training.trainer import TrainingInterrupted, TrainResult
-
-    check_replaceable(Path(out), "config.json")
-    # Measured, small preset, batch 32 (~47 target tokens), a shared 2-core machine: 0.07 s of CPU
-    # per step on one thread vs 0.31 s on two (the threads mostly wait on each other): one thread.
-    torch.set_num_threads(1)
-    torch.manual_seed(cfg.seed)
+def setup(cfg, resume) -> Task:
+    """The translate task for seqserve.training.train (cfg: TrainConfig; corpus options unused)."""
     data = load_number_pairs()
-    if resume:
-        ckpt = load_checkpoint(resume)
-        if ckpt.family != cfg.family:
-            raise SeqserveError(f"cannot resume a {ckpt.family} checkpoint as {cfg.family}")
-        model, tok = ckpt.model.train(), ckpt.tokenizer
-    else:
+    chars = "".join(sorted(set("".join(data.train.sources))))
+    return pairs_task(cfg, resume, data, dict(source_chars=chars),
+                      evaluate=lambda model, tok: evaluate(model, tok, data.val, EVAL_PAIRS_DURING),
+                      final_evaluate=lambda model, tok: evaluate(model, tok, data.val))   # the reported score
+
+
+def pairs_task(cfg, resume, data, model_options: dict, evaluate, final_evaluate=None) -> Task:
+    """A Task over number pairs (translate, seq2seq): `model_options` for a fresh model's config,
+    `evaluate(model, tok)` (and `final_evaluate`) -> held-out metrics."""
+    def build():
         tok = Tokenizer.fit(data.text, "char")
-        chars = "".join(sorted(set("".join(data.train.sources))))
-        model = build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, source_chars=chars,
-                                                    **cfg.model_overrides))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_step, history = 0, []
-    if resume:
-        st = load_optimizer(resume, opt)
-        start_step, history = st["step"], st.get("history", [])
-        for group in opt.param_groups:
-            group["lr"], group["weight_decay"] = cfg.lr, cfg.weight_decay
-    rng = np.random.default_rng(cfg.seed + start_step)
-    t0, done_step, loss_ema = time.monotonic(), start_step, None
-    # held-out examples of different lengths (1 to 4 digits)
-    picks = [0, 3, 14, 77, 342, 1599]
-    examples = [{"source": data.val.sources[i], "target": data.val.targets[i]} for i in picks[:N_EXAMPLES]
-                if i < len(data.val)]
+        return build_model(cfg.family, make_config(cfg.family, cfg.preset, tok.vocab_size, **model_options,
+                                                   **cfg.model_overrides)), tok
 
-    def save(metrics, **extra):
-        training = {"config": asdict(cfg), "steps": done_step, "data": data.source,
-                    "train_examples": len(data.train), "val_examples": len(data.val),
-                    **{k: metrics.get(k) for k in ("val_bpc", "token_accuracy", "exact_match")},
-                    "examples": examples, **extra}
-        save_checkpoint(out, cfg.family, model.eval(), tok, training, opt, {"step": done_step, "history": history})
+    model, tok = resume_or_build(cfg, resume, build)
+    examples = [{"source": data.val.sources[i], "target": data.val.targets[i]}
+                for i in EXAMPLE_ROWS[:N_EXAMPLES] if i < len(data.val)]
 
-    model.train()
-    last = history[-1] if history else {}
-    try:
-        for step in range(start_step + 1, cfg.steps + 1):
-            s, m, x, y = batch(tok, data.train, rng.integers(0, len(data.train), cfg.batch_size))
-            logits = model(s, m, x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            done_step = step
-            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-            metrics = {"step": step, "train_bpc": loss_ema / math.log(2)}
-            done = cfg.minutes is not None and time.monotonic() - t0 > cfg.minutes * 60
-            if step % cfg.eval_every == 0 or step == cfg.steps or done:
-                metrics.update(evaluate(model, tok, data.val, EVAL_PAIRS_DURING))
-                history.append(metrics)
-                last = metrics
-            if progress:
-                progress(step, cfg.steps, metrics)
-            if done:
-                break
-    except KeyboardInterrupt:
-        if done_step == start_step:
-            raise TrainingInterrupted(None, None) from None
-        save(last, interrupted=True)
-        raise TrainingInterrupted(Path(out), done_step) from None
-    last = {**last, "step": done_step, **evaluate(model, tok, data.val)}     # the reported score: EVAL_PAIRS
-    save(last)
-    return TrainResult(Path(out), done_step, (loss_ema or 0) / math.log(2), last["val_bpc"], history,
-                       {k: last[k] for k in ("token_accuracy", "exact_match")})
+    def batches(start_step: int):
+        rng = np.random.default_rng(cfg.seed + start_step)
+        while True:
+            yield batch(tok, data.train, rng.integers(0, len(data.train), cfg.batch_size))
+
+    def loss(b):
+        s, m, x, y = b
+        return heldout.masked_loss(model(s, m, x), y)
+
+    return Task(model, tok, batches, loss, evaluate=lambda: evaluate(model, tok),
+                final_evaluate=final_evaluate and (lambda: final_evaluate(model, tok)),
+                record=lambda m: {"data": data.source, "train_examples": len(data.train), "val_examples": len(data.val),
+                                  **{k: m.get(k) for k in ("val_bpc", "token_accuracy", "exact_match")},
+                                  "examples": examples},
+                scores=("token_accuracy", "exact_match"),
+                # Measured, small preset, batch 32 (~47 target tokens), a shared 2-core machine: 0.07 s
+                # of CPU per step on one thread vs 0.31 s on two (the threads mostly wait on each other).
+                threads=1)
