@@ -17,6 +17,10 @@ log file: a start-up failure raises with the log's tail, and `server_log_section
 conftest's report hook) adds the tail to any failed test that used a server.
 ONNX Runtime gets one intra-op thread unless told otherwise (the test models are tiny and the
 test run shares few cores with xdist workers).
+
+For a task's test module: `serve_export` packages an export and serves it (in-process or behind
+tritonserver), `assert_rejected` checks a bad generate request is a 4xx naming what was wrong,
+`assert_full_graph_served` that the served full graph equals in-process ORT.
 """
 
 from __future__ import annotations
@@ -207,3 +211,49 @@ def server_log_sections(item) -> list[tuple[str, str]]:
     servers = [v for v in getattr(item, "funcargs", {}).values() if isinstance(v, Server)]
     servers += [s for s in _started if s.owner == nodeid and s not in servers]
     return [(f"seqserve serve log (pid {s.pid}, {s.log_path})", s.log_tail()) for s in servers]
+
+
+# -- a packaged export, served: the checks every generate task's test module makes -------------
+
+def serve_export(export, root: Path, name: str, target: str | None = None) -> Server:
+    """Package `export` as NAME (+ NAME_generate) into root/repo and serve it. target None: the
+    default package served in-process; "triton-python": the real tritonserver behind seqserve
+    (`--engine triton`, its own threads, a longer start-up)."""
+    from seqserve.package import PackageOptions, package_export
+
+    if target is None:
+        package_export(export, root / "repo", name)
+        return start_server(root / "repo", root)
+    package_export(export, root / "repo", name, options=PackageOptions(target=target))
+    return start_server(root / "repo", root, "--engine", "triton", threads=None, timeout=240)
+
+
+def assert_rejected(server: Server, model: str, body: dict, words=(), still_ready: bool = True) -> None:
+    """POST body to MODEL's /generate: a 4xx whose text names each of `words`; then (still_ready)
+    the server still answers /v2/health/ready."""
+    status, _, text = server.request("POST", f"/v2/models/{model}/generate", json.dumps(body))
+    assert 400 <= status < 500, (status, text)
+    for w in words:
+        assert w in text.decode(), text
+    if still_ready:
+        assert server.request("GET", "/v2/health/ready")[0] == 200       # still serving
+
+
+def assert_full_graph_served(server: Server, model: str, export, feeds: dict) -> None:
+    """The full graph (NAME) over HTTP/tritonclient: its logits for `feeds` (numpy, by input
+    name) equal in-process ORT's."""
+    import numpy as np
+    import tritonclient.http as th
+    from tritonclient.utils import np_to_triton_dtype
+
+    from seqserve.export import load_export
+    from seqserve.runtime import OrtBackend
+
+    local = OrtBackend(load_export(export), "full").run(feeds)["logits"]
+    xs = []
+    for k, v in feeds.items():
+        x = th.InferInput(k, list(v.shape), np_to_triton_dtype(v.dtype))
+        x.set_data_from_numpy(v)
+        xs.append(x)
+    got = th.InferenceServerClient(server.http_address).infer(model, xs).as_numpy("logits")
+    np.testing.assert_allclose(got, local, atol=1e-5)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, run
+from serving import assert_full_graph_served, assert_rejected, serve_export
 from test_triton import triton_ready  # noqa: F401 - fixture: tritonserver and its stub environment
 
 from seqserve.models import FAMILIES, build_model, make_config
@@ -232,15 +233,8 @@ def test_package_writes_full_and_generate_with_the_init_graph(export, tmp_path, 
 
 @pytest.fixture(scope="module")
 def served(export, tmp_path_factory):
-    from serving import start_server
-
-    from seqserve.package import package_export
-
-    root = tmp_path_factory.mktemp("conditioned-serve")
-    package_export(export, root / "repo", "cap")
-    s = start_server(root / "repo", root)
-    yield s
-    s.stop()
+    with serve_export(export, tmp_path_factory.mktemp("conditioned-serve"), "cap") as s:
+        yield s
 
 
 @pytest.mark.slow
@@ -276,19 +270,8 @@ def test_served_generate_streams_what_seqserve_generate_gives(export, served):
         _grpc_text(served.grpc_address, feats[0].astype(np.float64), dtype="FP64")
     assert "features" in e.value.message() and "expects FP32" in e.value.message(), e.value   # a stream error: no status
     # the full graph (NAME): features + input_ids -> logits, equal to in-process ORT
-    import tritonclient.http as th
-
-    from seqserve.export import load_export
-    from seqserve.runtime import OrtBackend
-
-    info = load_export(export)
-    ids = np.array([[1, 4, 5]], np.int64)
-    local = OrtBackend(info, "full").run({"features": feats[:1], "input_ids": ids})["logits"]
-    hc = th.InferenceServerClient(served.http_address)
-    a, b = th.InferInput("features", [1, 64], "FP32"), th.InferInput("input_ids", [1, 3], "INT64")
-    a.set_data_from_numpy(feats[:1])
-    b.set_data_from_numpy(ids)
-    np.testing.assert_allclose(hc.infer("cap", [a, b]).as_numpy("logits"), local, atol=1e-5)
+    assert_full_graph_served(served, "cap", export,
+                             {"features": feats[:1], "input_ids": np.array([[1, 4, 5]], np.int64)})
 
 
 @pytest.mark.slow
@@ -298,41 +281,29 @@ def test_served_generate_streams_what_seqserve_generate_gives(export, served):
     (None, ["missing", "features"]),
 ])
 def test_bad_features_are_4xx_saying_what_was_expected(served, features, words):
-    import json
-
     body = {"max_tokens": 4} if features is None else {"features": features, "max_tokens": 4}
-    status, _, text = served.request("POST", "/v2/models/cap_generate/generate", json.dumps(body))
-    assert 400 <= status < 500, (status, text)
-    for w in words:
-        assert w in text.decode(), text
-    assert served.request("GET", "/v2/health/ready")[0] == 200       # still serving
+    assert_rejected(served, "cap_generate", body, words)
 
 
 @pytest.mark.slow
 def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export, tmp_path_factory, request):
     """The real tritonserver (python backend) on a triton-python repository: the same SSE and
     gRPC client code, the same text as in-process generation."""
-    from serving import start_server
     from test_serve import grpc_stream, sse   # noqa: F401 - grpc_stream sends text_input only
 
     from seqserve.export import load_export
-    from seqserve.package import PackageOptions, package_export
     from seqserve.tasks.conditioned import examples
 
     request.getfixturevalue("triton_ready")
-    root = tmp_path_factory.mktemp("conditioned-triton")
-    package_export(export, root / "repo", "cap", options=PackageOptions(target="triton-python"))
     feats, _ = examples(load_export(export).raw, 64)
     want = _reference(export, feats[:2])
-    s = start_server(root / "repo", root, "--engine", "triton", threads=None, timeout=240)
+    s = serve_export(export, tmp_path_factory.mktemp("conditioned-triton"), "cap", "triton-python")
     try:
         for f, w in zip(feats[:2], want):
             events = sse(s, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
             assert "".join(e.get("text_output", "") for e in events) == w
         assert _grpc_text(s.grpc_address, feats[0]) == want[0]
-        status, _, body = s.request("POST", "/v2/models/cap_generate/generate",
-                                    {"features": [0.5] * 3, "max_tokens": 4})
-        assert 400 <= status < 500 and b"features" in body, (status, body)
+        assert_rejected(s, "cap_generate", {"features": [0.5] * 3, "max_tokens": 4}, ["features"], still_ready=False)
     finally:
         assert s.stop(60) == 0
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, run
+from serving import assert_full_graph_served, assert_rejected, serve_export
 from test_triton import triton_ready  # noqa: F401 - fixture: tritonserver and its stub environment
 
 from seqserve.models import build_model, make_config
@@ -197,15 +198,8 @@ def test_package_writes_full_and_generate_with_the_encoder_graph(export, tmp_pat
 
 @pytest.fixture(scope="module")
 def served(export, tmp_path_factory):
-    from serving import start_server
-
-    from seqserve.package import package_export
-
-    root = tmp_path_factory.mktemp("translate-serve")
-    package_export(export, root / "repo", "tx")
-    s = start_server(root / "repo", root)
-    yield s
-    s.stop()
+    with serve_export(export, tmp_path_factory.mktemp("translate-serve"), "tx") as s:
+        yield s
 
 
 SOURCES = ["342", "1999", "7"]
@@ -220,22 +214,9 @@ def test_served_generate_streams_what_seqserve_generate_gives(export, served):
         assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
     assert "".join(t for t, _, _ in grpc_stream(served, "tx_generate", SOURCES[0], 10)) == want[0]
     # the full graph (NAME): source + target ids -> logits, equal to in-process ORT
-    import tritonclient.http as th
-
-    from seqserve.export import load_export
-    from seqserve.runtime import OrtBackend
-
-    info = load_export(export)
-    feeds = {"source_ids": np.array([[4, 5, 6]], np.int64), "source_mask": np.ones((1, 3), np.int64),
-             "input_ids": np.array([[1, 7, 8, 9]], np.int64)}
-    local = OrtBackend(info, "full").run(feeds)["logits"]
-    hc = th.InferenceServerClient(served.http_address)
-    xs = []
-    for k, v in feeds.items():
-        x = th.InferInput(k, list(v.shape), "INT64")
-        x.set_data_from_numpy(v)
-        xs.append(x)
-    np.testing.assert_allclose(hc.infer("tx", xs).as_numpy("logits"), local, atol=1e-5)
+    assert_full_graph_served(served, "tx", export, {
+        "source_ids": np.array([[4, 5, 6]], np.int64), "source_mask": np.ones((1, 3), np.int64),
+        "input_ids": np.array([[1, 7, 8, 9]], np.int64)})
 
 
 @pytest.mark.parametrize("body, words", [
@@ -245,36 +226,24 @@ def test_served_generate_streams_what_seqserve_generate_gives(export, served):
     ({"text_input": "12", "max_tokens": 0}, ["max_tokens"]),
 ])
 def test_bad_sources_are_4xx_saying_what_was_expected(served, body, words):
-    import json
-
-    status, _, text = served.request("POST", "/v2/models/tx_generate/generate", json.dumps(body))
-    assert 400 <= status < 500, (status, text)
-    for w in words:
-        assert w in text.decode(), text
-    assert served.request("GET", "/v2/health/ready")[0] == 200       # still serving
+    assert_rejected(served, "tx_generate", body, words)
 
 
 @pytest.mark.slow
 def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export, tmp_path_factory, request):
     """The real tritonserver (python backend) on a triton-python repository: the same SSE and
     gRPC client code, the same text as in-process generation."""
-    from serving import start_server
     from test_serve import grpc_stream, sse
 
-    from seqserve.package import PackageOptions, package_export
-
     request.getfixturevalue("triton_ready")
-    root = tmp_path_factory.mktemp("translate-triton")
-    package_export(export, root / "repo", "tx", options=PackageOptions(target="triton-python"))
     want = _reference(export, SOURCES[:2])
-    s = start_server(root / "repo", root, "--engine", "triton", threads=None, timeout=240)
+    s = serve_export(export, tmp_path_factory.mktemp("translate-triton"), "tx", "triton-python")
     try:
         for src, w in zip(SOURCES[:2], want):
             events = sse(s, "tx_generate", {"text_input": src, "max_tokens": 10, "temperature": 0.0})
             assert "".join(e.get("text_output", "") for e in events) == w
         assert "".join(t for t, _, _ in grpc_stream(s, "tx_generate", SOURCES[0], 10)) == want[0]
-        status, _, body = s.request("POST", "/v2/models/tx_generate/generate", {"text_input": "12a", "max_tokens": 4})
-        assert 400 <= status < 500 and b"source" in body, (status, body)
+        assert_rejected(s, "tx_generate", {"text_input": "12a", "max_tokens": 4}, ["source"], still_ready=False)
     finally:
         assert s.stop(60) == 0
 
