@@ -257,3 +257,17 @@ def assert_full_graph_served(server: Server, model: str, export, feeds: dict) ->
         xs.append(x)
     got = th.InferenceServerClient(server.http_address).infer(model, xs).as_numpy("logits")
     np.testing.assert_allclose(got, local, atol=1e-5)
+
+
+def assert_streams(server: Server, model: str, requests: list[dict], want: list[str], finished: bool = True) -> None:
+    """Each request's SSE stream (MODEL's generate_stream) spells its wanted text. finished: every
+    event carries text_output and the last a finish_reason (tritonserver's empty final response
+    carries neither: finished=False)."""
+    from test_serve import sse
+
+    for fields, w in zip(requests, want):
+        events = sse(server, model, fields)
+        if finished:
+            assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
+        else:
+            assert "".join(e.get("text_output", "") for e in events) == w

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, run
-from serving import assert_full_graph_served, assert_rejected, serve_export
+from serving import assert_full_graph_served, assert_rejected, assert_streams, serve_export
 from test_triton import triton_ready  # noqa: F401 - fixture: tritonserver and its stub environment
 
 from seqserve.models import FAMILIES, build_model, make_config
@@ -179,6 +179,11 @@ def _reference(export, feats, max_tokens=8):
                                           [{"features": f[None]} for f in feats])]
 
 
+def _greedy(features: np.ndarray) -> dict:
+    """A generate request: the feature vector, 8 tokens, greedy."""
+    return {"features": features.tolist(), "max_tokens": 8, "temperature": 0.0}
+
+
 def _grpc_text(address: str, features: np.ndarray, max_tokens: int = 8, dtype: str = "FP32") -> str:
     """One ModelStreamInfer request to cap_generate through tritonclient: the streamed text."""
     import queue
@@ -247,9 +252,7 @@ def test_served_generate_streams_what_seqserve_generate_gives(export, served):
 
     feats, _ = examples(load_export(export).raw, 64)
     want = _reference(export, feats[:3])
-    for f, w in zip(feats[:3], want):
-        events = sse(served, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
-        assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
+    assert_streams(served, "cap_generate", [_greedy(f) for f in feats[:3]], want)
     # beams through the chain (init once, step rows reordered per beam) == the local beam search
     from seqserve.generation import Chain  # noqa: F401 - make_chain builds it
     from seqserve.generation.beam import BeamParams, beam_texts
@@ -289,8 +292,6 @@ def test_bad_features_are_4xx_saying_what_was_expected(served, features, words):
 def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export, tmp_path_factory, request):
     """The real tritonserver (python backend) on a triton-python repository: the same SSE and
     gRPC client code, the same text as in-process generation."""
-    from test_serve import grpc_stream, sse   # noqa: F401 - grpc_stream sends text_input only
-
     from seqserve.export import load_export
     from seqserve.tasks.conditioned import examples
 
@@ -299,9 +300,7 @@ def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export
     want = _reference(export, feats[:2])
     s = serve_export(export, tmp_path_factory.mktemp("conditioned-triton"), "cap", "triton-python")
     try:
-        for f, w in zip(feats[:2], want):
-            events = sse(s, "cap_generate", {"features": f.tolist(), "max_tokens": 8, "temperature": 0.0})
-            assert "".join(e.get("text_output", "") for e in events) == w
+        assert_streams(s, "cap_generate", [_greedy(f) for f in feats[:2]], want, finished=False)
         assert _grpc_text(s.grpc_address, feats[0]) == want[0]
         assert_rejected(s, "cap_generate", {"features": [0.5] * 3, "max_tokens": 4}, ["features"], still_ready=False)
     finally:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_one_line_error, run
-from serving import assert_full_graph_served, assert_rejected, serve_export
+from serving import assert_full_graph_served, assert_rejected, assert_streams, serve_export
 from test_triton import triton_ready  # noqa: F401 - fixture: tritonserver and its stub environment
 
 from seqserve.models import build_model, make_config
@@ -205,13 +205,16 @@ def served(export, tmp_path_factory):
 SOURCES = ["342", "1999", "7"]
 
 
+def _greedy(source: str) -> dict:
+    """A generate request: the source, 10 tokens, greedy."""
+    return {"text_input": source, "max_tokens": 10, "temperature": 0.0}
+
+
 def test_served_generate_streams_what_seqserve_generate_gives(export, served):
-    from test_serve import grpc_stream, sse
+    from test_serve import grpc_stream
 
     want = _reference(export, SOURCES)
-    for src, w in zip(SOURCES, want):
-        events = sse(served, "tx_generate", {"text_input": src, "max_tokens": 10, "temperature": 0.0})
-        assert "".join(e["text_output"] for e in events) == w and events[-1]["finish_reason"]
+    assert_streams(served, "tx_generate", [_greedy(src) for src in SOURCES], want)
     assert "".join(t for t, _, _ in grpc_stream(served, "tx_generate", SOURCES[0], 10)) == want[0]
     # the full graph (NAME): source + target ids -> logits, equal to in-process ORT
     assert_full_graph_served(served, "tx", export, {
@@ -233,15 +236,13 @@ def test_bad_sources_are_4xx_saying_what_was_expected(served, body, words):
 def test_tritonserver_python_backend_streams_what_seqserve_generate_gives(export, tmp_path_factory, request):
     """The real tritonserver (python backend) on a triton-python repository: the same SSE and
     gRPC client code, the same text as in-process generation."""
-    from test_serve import grpc_stream, sse
+    from test_serve import grpc_stream
 
     request.getfixturevalue("triton_ready")
     want = _reference(export, SOURCES[:2])
     s = serve_export(export, tmp_path_factory.mktemp("translate-triton"), "tx", "triton-python")
     try:
-        for src, w in zip(SOURCES[:2], want):
-            events = sse(s, "tx_generate", {"text_input": src, "max_tokens": 10, "temperature": 0.0})
-            assert "".join(e.get("text_output", "") for e in events) == w
+        assert_streams(s, "tx_generate", [_greedy(src) for src in SOURCES[:2]], want, finished=False)
         assert "".join(t for t, _, _ in grpc_stream(s, "tx_generate", SOURCES[0], 10)) == want[0]
         assert_rejected(s, "tx_generate", {"text_input": "12a", "max_tokens": 4}, ["source"], still_ready=False)
     finally:
