@@ -20,8 +20,7 @@ import numpy as np
 
 from seqserve.tasks.spec import (BATCH, LOGITS, PAST, SEQ, SOURCE, SOURCE_MASK, SOURCE_TOKENS, TOKENS,
                                  example_inputs)
-from seqserve.validate.compare import compare
-from seqserve.validate.parity import _chunks, _torch_vs_ort_case, flat_beams, token_rows
+from seqserve.validate.parity import _chunks, _torch_vs_ort_case, chain_vs_full, flat_beams, token_rows
 from seqserve.validate.results import CheckResult
 from seqserve.validate.target import Target, Unusable, guarded
 
@@ -81,7 +80,7 @@ def _sources(t: Target, batch: int, length: int, rng) -> dict:
 
 
 def incremental_vs_full(t: Target, length: int = 10, batch: int = 3, source: int = 6) -> list[CheckResult]:
-    from seqserve.generation import DecodeState, start_values
+    from seqserve.generation import start_values
 
     c = t.config
     full_spec, step_spec = t.info.spec.full, t.info.spec.step
@@ -99,18 +98,8 @@ def incremental_vs_full(t: Target, length: int = 10, batch: int = 3, source: int
         full = np.asarray(out[full_spec.name_of(LOGITS)])
         step = t.ort(step_spec.name)
         start = start_values([t.ort(g.name) for g in t.info.spec.once], src, step_spec)
-        state, parts, pos = DecodeState.empty(step.spec, batch, step, start), [], 0
-        for n in chunks:
-            feeds = state.feeds(ids[:, pos:pos + n])
-            out = step.run(feeds)
-            parts.append(step.to_host(out[step_spec.name_of(LOGITS)]))
-            state, pos = state.advance(feeds, out), pos + n
-        inc = np.concatenate(parts, axis=1)
-        r = compare(inc, full, c.atol, c.rtol, "encoder+" + step_spec.name, full_spec.name)
-        detail = r.detail
-        if not r.passed and inc.shape == full.shape:
-            bad = ~np.isclose(inc, full, atol=c.atol, rtol=c.rtol, equal_nan=False).all(axis=(0, 2))
-            detail = f"first mismatch at position {int(np.argmax(bad))}; {detail}"
+        r, detail = chain_vs_full(step, step_spec, start, ids, chunks, full, c, "encoder+" + step_spec.name,
+                                  full_spec.name)
         return [CheckResult("incremental_vs_full", "encoder+step", f"{case0} {name}", r.passed, r.max_abs,
                             r.max_rel, c.atol, c.rtol, detail)]
 

@@ -60,8 +60,6 @@ def _torch_vs_ort_case(t: Target, g: str, case: str, feeds: dict) -> list[CheckR
 # 4. incremental_vs_full --------------------------------------------------------------------------
 
 def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[CheckResult]:
-    from seqserve.generation import DecodeState
-
     c = t.config
     length = min(length, t.info.max_context or length)
     full_spec, step_spec = t.info.spec.full, t.info.spec.step
@@ -86,18 +84,7 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
         step = t.ort(step_spec.name)
         once = [t.ort(g.name) for g in t.info.spec.once]
         start = start_values(once, cond, step_spec) if once else None
-        state, parts, pos = DecodeState.empty(step.spec, batch, step, start), [], 0
-        for n in chunks:
-            feeds = state.feeds(ids[:, pos:pos + n])
-            out = step.run(feeds)
-            parts.append(step.to_host(out[step_spec.name_of(LOGITS)]))
-            state, pos = state.advance(feeds, out), pos + n
-        inc = np.concatenate(parts, axis=1)
-        r = compare(inc, full, c.atol, c.rtol, step_spec.name, full_spec.name)
-        detail = r.detail
-        if not r.passed and inc.shape == full.shape:
-            bad = ~np.isclose(inc, full, atol=c.atol, rtol=c.rtol, equal_nan=False).all(axis=(0, 2))
-            detail = f"first mismatch at position {int(np.argmax(bad))}; {detail}"
+        r, detail = chain_vs_full(step, step_spec, start, ids, chunks, full, c, step_spec.name, full_spec.name)
         case = f"batch={batch} length={length} {name}"
         return [CheckResult("incremental_vs_full", "full+step", case, r.passed, r.max_abs, r.max_rel,
                             c.atol, c.rtol, detail)]
@@ -107,6 +94,28 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
         rows += guarded("incremental_vs_full", "full+step", f"batch={batch} length={length} {name}",
                         lambda: run(name, chunks))
     return rows
+
+
+def chain_vs_full(step, step_spec, start, ids: np.ndarray, chunks: list[int], full: np.ndarray, c,
+                  name: str, full_name: str):
+    """The step graph from `start` (DecodeState's start values) over ids [B, L] in `chunks`, its
+    logits compared with the full graph's [B, L, V]: (the comparison, its detail; on a mismatch of
+    equal shapes the detail first names the first position that differs)."""
+    from seqserve.generation import DecodeState
+
+    state, parts, pos = DecodeState.empty(step.spec, ids.shape[0], step, start), [], 0
+    for n in chunks:
+        feeds = state.feeds(ids[:, pos:pos + n])
+        out = step.run(feeds)
+        parts.append(step.to_host(out[step_spec.name_of(LOGITS)]))
+        state, pos = state.advance(feeds, out), pos + n
+    inc = np.concatenate(parts, axis=1)
+    r = compare(inc, full, c.atol, c.rtol, name, full_name)
+    detail = r.detail
+    if not r.passed and inc.shape == full.shape:
+        bad = ~np.isclose(inc, full, atol=c.atol, rtol=c.rtol, equal_nan=False).all(axis=(0, 2))
+        detail = f"first mismatch at position {int(np.argmax(bad))}; {detail}"
+    return r, detail
 
 
 def _chunks(length: int, sizes: tuple[int, ...]) -> list[int]:
