@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from seqserve.tasks.spec import GraphSpec, example_inputs
+from seqserve.tasks.spec import MASK, GraphSpec, example_inputs
 
 # The dynamo exporter lowers `scaled_dot_product_attention` with a KV cache to a 4-D ONNX
 # `Attention` surrounded by plumbing, per layer:
@@ -185,8 +185,9 @@ def _max_output_diff(original: bytes, candidate: bytes, graph: GraphSpec) -> flo
     for sizes in ({"batch": 2, "sequence": 3, "past_sequence": 5}, {"batch": 1, "sequence": 1, "past_sequence": 0},
                   {"batch": 1, "sequence": 1, "past_sequence": 7}):
         feeds = example_inputs(graph, sizes, rng)
-        if "attention_mask" in feeds and sizes["batch"] > 1:
-            feeds["attention_mask"][0, :2] = 0           # a left-padded row
+        mask = graph.roles[MASK]
+        if mask in feeds and sizes["batch"] > 1:
+            feeds[mask][0, :2] = 0                       # a left-padded row
         for x, y in zip(a.run(None, feeds), b.run(None, feeds)):
             if x.shape != y.shape:
                 return float("inf")

@@ -42,12 +42,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from seqserve.errors import SeqserveError
-from seqserve.tasks.spec import GraphSpec, example_inputs
+from seqserve.tasks.spec import LOGITS, MASK, POSITIONS, TOKENS, GraphSpec, example_inputs
 
 BACKEND_GRAPH = "model.onnxruntime_backend.onnx"   # what Triton's onnxruntime backend loads
 START = "START"                                      # the START control tensor, a graph input
 IR_VERSION = 10                                      # onnx helpers default to 14; ORT 1.23 reads <= 11
-DERIVED = ("attention_mask", "position_ids")
 TOLERANCE = 1e-4
 
 
@@ -110,8 +109,9 @@ def add_sequence_start(model, spec: GraphSpec) -> None:
     g = model.graph
     inputs = {i.name: i for i in g.input}
     pasts = [p.input for p in spec.state if p.seq_axis is not None]
-    if not pasts or "input_ids" not in inputs or any(n not in inputs for n in pasts):
-        raise SeqserveError("add_sequence_start needs a step graph with input_ids and KV-cache pasts")
+    tokens, mask, positions = spec.roles[TOKENS], spec.roles[MASK], spec.roles[POSITIONS]
+    if not pasts or tokens not in inputs or any(n not in inputs for n in pasts):
+        raise SeqserveError("add_sequence_start needs a step graph with token ids and KV-cache pasts")
     axis = {p.input: p.seq_axis for p in spec.state}
     nodes, inits = [], []
 
@@ -145,32 +145,32 @@ def add_sequence_start(model, spec: GraphSpec) -> None:
             if x in renamed:
                 n.input[i] = renamed[x]
     # attention_mask [B, P + S] of ones; position_ids [B, S] = P .. P + S - 1.
-    node("Shape", ["input_ids"], [p + "batch"], start=0, end=1)
-    node("Shape", ["input_ids"], [p + "seq"], start=1, end=2)
+    node("Shape", [tokens], [p + "batch"], start=0, end=1)
+    node("Shape", [tokens], [p + "seq"], start=1, end=2)
     node("Add", [p + "past_len", p + "seq"], [p + "total"])
     node("Concat", [p + "batch", p + "total"], [p + "mask_shape"], axis=0)
     have = set(inputs)
-    if "attention_mask" in have:
-        node("ConstantOfShape", [p + "mask_shape"], ["attention_mask"],
+    if mask in have:
+        node("ConstantOfShape", [p + "mask_shape"], [mask],
              value=numpy_helper.from_array(np.array([1], np.int64)))
-    if "position_ids" in have:
+    if positions in have:
         node("Squeeze", [p + "past_len"], [p + "p0"])
         node("Squeeze", [p + "total"], [p + "p1"])
         node("Range", [p + "p0", p + "p1", ci1], [p + "positions"])
         node("Unsqueeze", [p + "positions", c0], [p + "positions2"])
         node("Concat", [p + "batch", p + "seq"], [p + "pos_shape"], axis=0)
-        node("Expand", [p + "positions2", p + "pos_shape"], ["position_ids"])
-    ids = inputs["input_ids"]
+        node("Expand", [p + "positions2", p + "pos_shape"], [positions])
+    ids = inputs[tokens]
     batch_dim = ids.type.tensor_type.shape.dim[0]
     start_in = helper.make_tensor_value_info(START, TensorProto.INT32, [batch_dim.dim_param or "batch", 1])
-    new_inputs = [ids, start_in] + [i for i in g.input if i.name not in ("input_ids", *DERIVED)]
+    new_inputs = [ids, start_in] + [i for i in g.input if i.name not in (tokens, mask, positions)]
     del g.input[:]
     g.input.extend(new_inputs)
     old = list(g.node)
     del g.node[:]
     g.node.extend(nodes + old)
     g.initializer.extend(inits)
-    kept = [v for v in g.value_info if v.name not in DERIVED]
+    kept = [v for v in g.value_info if v.name not in (mask, positions)]
     del g.value_info[:]
     g.value_info.extend(kept)
 
@@ -345,7 +345,8 @@ def verify(original: bytes, rewritten: bytes, spec: GraphSpec, growing: bool) ->
         # start: the export's graph with an empty past; the rewrite with Triton's [1, h, 1, d] zeros
         feeds = example_inputs(spec, {"batch": 1, "sequence": prompt, "past_sequence": 0}, rng)
         ref = a.run(names, feeds)
-        tfeeds = {"input_ids": feeds["input_ids"], START: np.ones((1, 1), np.int32)}
+        tokens, mask, positions = spec.roles[TOKENS], spec.roles[MASK], spec.roles[POSITIONS]
+        tfeeds = {tokens: feeds[tokens], START: np.ones((1, 1), np.int32)}
         for pair in state:
             t = spec.input(pair.input)
             shape = [1 if isinstance(d, str) else d for d in t.dims]
@@ -356,13 +357,13 @@ def verify(original: bytes, rewritten: bytes, spec: GraphSpec, growing: bool) ->
         ref_out, got_out = dict(zip(names, ref)), dict(zip(names, got))
         past = prompt
         for step in (1, 2):
-            ids = rng.integers(0, spec.output("logits").dims[-1], (1, step), dtype=np.int64)
-            f_ref = {"input_ids": ids, **{p.input: ref_out[p.output] for p in state}}
-            if "attention_mask" in spec.input_names:
-                f_ref["attention_mask"] = np.ones((1, past + step), np.int64)
-            if "position_ids" in spec.input_names:
-                f_ref["position_ids"] = np.arange(past, past + step, dtype=np.int64)[None]
-            f_got = {"input_ids": ids, START: np.zeros((1, 1), np.int32),
+            ids = rng.integers(0, spec.role(LOGITS).dims[-1], (1, step), dtype=np.int64)
+            f_ref = {tokens: ids, **{p.input: ref_out[p.output] for p in state}}
+            if mask in spec.input_names:
+                f_ref[mask] = np.ones((1, past + step), np.int64)
+            if positions in spec.input_names:
+                f_ref[positions] = np.arange(past, past + step, dtype=np.int64)[None]
+            f_got = {tokens: ids, START: np.zeros((1, 1), np.int32),
                      **{p.input: got_out[p.output] for p in state}}
             ref, got = a.run(names, f_ref), b.run(names, f_got)
             cmp(ref, got)
