@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqserve.models.gpt import sinusoidal_table
+from seqserve.models.gpt import GPT, sinusoidal_table
 from seqserve.tasks.spec import BATCH, PAST, SOURCE, TaskSpec
 from seqserve.tasks.translate import (SELF_MASK, SELF_POSITIONS, SOURCE_IDS, SOURCE_MASK_NAME, TARGET_IDS, MEMORY,
                                       LOGITS_NAME, cross_cache_names, self_cache_names, translate_spec)
@@ -143,14 +143,7 @@ class TransformerSeq2Seq(nn.Module):
         if c.tie_weights:
             self.head.weight = self.tok.weight
         self.drop = nn.Dropout(c.dropout)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):     # GPT-2 initialisation (see models/gpt.py)
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
+        self.apply(GPT._init_weights)                    # GPT-2 initialisation, as models/gpt.py
 
     def _embed(self, ids, positions):
         return self.drop(self.tok(ids) * self.config.d_model ** 0.5 + self.pos_table[positions])

@@ -240,40 +240,31 @@ def _compare_dims(cfg, name: str, model_shape, dims, exact: bool) -> list[str]:
 
 def rule_inputs(cfg, sig: Signature) -> list[str]:
     """ValidateInputs: each config input is a graph input, of the same datatype and dims."""
-    problems = []
-    for io in cfg.input:
-        if io.optional and cfg.max_batch_size != 0:
-            problems.append(f"unable to load model '{cfg.name}', optional input '{io.name}' is not supported "
-                            "for models that support batching")
-        t = sig.inputs.get(io.name)
-        if t is None:
-            problems.append(f"unexpected inference input '{io.name}', allowed inputs are: "
-                            + ", ".join(sorted(sig.inputs)))
-            continue
-        if _tname(io.data_type) != t.dtype:
-            problems.append(f"unable to load model '{cfg.name}', configuration expects datatype "
-                            f"{_tname(io.data_type)} for input '{io.name}', model provides {t.dtype}")
-        dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
-        if t.dims:
-            problems += _compare_dims(cfg, io.name, t.dims, dims, exact=False)
-    return problems
+    problems = [f"unable to load model '{cfg.name}', optional input '{io.name}' is not supported "
+                "for models that support batching" for io in cfg.input if io.optional and cfg.max_batch_size != 0]
+    return problems + _rule_tensors(cfg, cfg.input, sig.inputs, "input", exact=False)
 
 
 def rule_outputs(cfg, sig: Signature) -> list[str]:
     """ValidateOutputs: each config output is a graph output, same datatype, dims compared exactly."""
+    return _rule_tensors(cfg, cfg.output, sig.outputs, "output", exact=True)
+
+
+def _rule_tensors(cfg, items, graph_tensors: dict, kind: str, exact: bool) -> list[str]:
+    """The check ValidateInputs and ValidateOutputs share: name, datatype, dims (reshape honoured)."""
     problems = []
-    for io in cfg.output:
-        t = sig.outputs.get(io.name)
+    for io in items:
+        t = graph_tensors.get(io.name)
         if t is None:
-            problems.append(f"unexpected inference output '{io.name}', allowed outputs are: "
-                            + ", ".join(sorted(sig.outputs)))
+            problems.append(f"unexpected inference {kind} '{io.name}', allowed {kind}s are: "
+                            + ", ".join(sorted(graph_tensors)))
             continue
         if _tname(io.data_type) != t.dtype:
             problems.append(f"unable to load model '{cfg.name}', configuration expects datatype "
-                            f"{_tname(io.data_type)} for output '{io.name}', model provides {t.dtype}")
+                            f"{_tname(io.data_type)} for {kind} '{io.name}', model provides {t.dtype}")
         dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
         if t.dims:
-            problems += _compare_dims(cfg, io.name, t.dims, dims, exact=True)
+            problems += _compare_dims(cfg, io.name, t.dims, dims, exact=exact)
     return problems
 
 
