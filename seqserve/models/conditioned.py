@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from seqserve.tasks.causal_lm import LOGITS_NAME, TOKENS_NAME
 from seqserve.tasks.conditioned import FEATURES_NAME, conditioned_spec
 from seqserve.tasks.spec import BATCH, TaskSpec
 
@@ -92,5 +93,5 @@ class ConditionedLM(nn.Module):
 
     def run_step(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = tuple(inputs[f"past_{n}"] for n in self.state_names)
-        logits, nxt = self.step(inputs["input_ids"], state)
-        return {"logits": logits, **{f"present_{n}": s for n, s in zip(self.state_names, nxt)}}
+        logits, nxt = self.step(inputs[TOKENS_NAME], state)
+        return {LOGITS_NAME: logits, **{f"present_{n}": s for n, s in zip(self.state_names, nxt)}}

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqserve.tasks.causal_lm import causal_lm_spec
-from seqserve.tasks.spec import BATCH, PAST, TaskSpec
+from seqserve.tasks.causal_lm import LOGITS_NAME, TOKENS_NAME, causal_lm_spec
+from seqserve.tasks.spec import BATCH, MASK_NAME, PAST, POSITIONS_NAME, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,6 @@ class GPT(nn.Module):
     def run_step(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = self.config.n_layers
         past = tuple(inputs[f"past_key_values.{i}.{kv}"] for i in range(n) for kv in ("key", "value"))
-        logits, present = self.step(inputs["input_ids"], past, inputs["attention_mask"], inputs["position_ids"])
+        logits, present = self.step(inputs[TOKENS_NAME], past, inputs[MASK_NAME], inputs[POSITIONS_NAME])
         names = [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
-        return {"logits": logits, **dict(zip(names, present))}
+        return {LOGITS_NAME: logits, **dict(zip(names, present))}

@@ -16,6 +16,7 @@ from seqserve.tasks.spec import (BATCH, FULL, LOGITS, SEQ, STEP, TOKENS, GraphSp
 
 NAME = "causal-lm"
 FULL_GRAPH, STEP_GRAPH = "full", "step"
+TOKENS_NAME, LOGITS_NAME = "input_ids", "logits"      # the models' run_step reads and writes these
 
 
 def causal_lm_spec(family: str, vocab_size: int, state: list[tuple[str, str, tuple, int | None]],
@@ -23,8 +24,8 @@ def causal_lm_spec(family: str, vocab_size: int, state: list[tuple[str, str, tup
     """state: (input name, output name, dims of the input, seq_axis) per state pair; a KV cache
     (seq_axis set) grows along that axis: its output's dim there is total_sequence, and the step
     graph then takes attention_mask and position_ids."""
-    ids = TensorSpec("input_ids", "int64", (BATCH, SEQ), TOKENS)
-    logits = TensorSpec("logits", "float32", (BATCH, SEQ, vocab_size), LOGITS)
+    ids = TensorSpec(TOKENS_NAME, "int64", (BATCH, SEQ), TOKENS)
+    logits = TensorSpec(LOGITS_NAME, "float32", (BATCH, SEQ, vocab_size), LOGITS)
     past, present, pairs, positional = state_tensors(state)
     return TaskSpec(NAME, family, {
         FULL_GRAPH: GraphSpec(FULL_GRAPH, (ids,), (logits,), (), FULL),

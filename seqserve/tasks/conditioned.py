@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqserve.errors import SeqserveError
+from seqserve.tasks.causal_lm import LOGITS_NAME, TOKENS_NAME
 from seqserve.tasks.spec import (BATCH, FEATURES, FULL, LOGITS, ONCE, SEQ, STATE, STEP, TOKENS, GraphSpec,
                                  StatePair, TaskSpec, TensorSpec)
 
@@ -28,8 +29,8 @@ def conditioned_spec(family: str, vocab_size: int, features: int, state: list[tu
                      extra: dict) -> TaskSpec:
     """state: (input name, output name, dims) per fixed-size state pair of the step graph."""
     feats = TensorSpec(FEATURES_NAME, "float32", (BATCH, features), FEATURES)
-    ids = TensorSpec("input_ids", "int64", (BATCH, SEQ), TOKENS)
-    logits = TensorSpec("logits", "float32", (BATCH, SEQ, vocab_size), LOGITS)
+    ids = TensorSpec(TOKENS_NAME, "int64", (BATCH, SEQ), TOKENS)        # the causal-lm step's names
+    logits = TensorSpec(LOGITS_NAME, "float32", (BATCH, SEQ, vocab_size), LOGITS)
     past = tuple(TensorSpec(i, "float32", tuple(d), STATE) for i, _, d in state)
     present = tuple(TensorSpec(o, "float32", tuple(d), STATE) for _, o, d in state)
     pairs = tuple(StatePair(i, o) for i, o, _ in state)

@@ -44,6 +44,9 @@ ROLES = (TOKENS, MASK, POSITIONS, STATE, LOGITS, CLASS_LOGITS, TAG_LOGITS, FEATU
 GENERATE, CLASSIFY, TAG = "generate", "classify", "tag"
 HEADS = (GENERATE, CLASSIFY, TAG)
 
+# The names a KV-cache graph gives its mask and positions (state_tensors writes them).
+MASK_NAME, POSITIONS_NAME = "attention_mask", "position_ids"
+
 # When a graph runs in a task's chain.
 ONCE, STEP, FULL = "once", "step", "full"
 RUNS = (ONCE, STEP, FULL)
@@ -235,8 +238,8 @@ def state_tensors(state: list[tuple[str, str, tuple, int | None]]):
         present.append(TensorSpec(name_out, "float32", tuple(out_dims), STATE))
         pairs.append(StatePair(name_in, name_out, seq_axis))
     growing = any(p.seq_axis is not None for p in pairs)
-    positional = (TensorSpec("attention_mask", "int64", (BATCH, TOTAL), MASK),
-                  TensorSpec("position_ids", "int64", (BATCH, SEQ), POSITIONS)) if growing else ()
+    positional = (TensorSpec(MASK_NAME, "int64", (BATCH, TOTAL), MASK),
+                  TensorSpec(POSITIONS_NAME, "int64", (BATCH, SEQ), POSITIONS)) if growing else ()
     return tuple(past), tuple(present), tuple(pairs), positional
 
 
