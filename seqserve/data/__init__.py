@@ -2,5 +2,7 @@
 
 from seqserve.data.corpus import Corpus, load_corpus
 from seqserve.data.tokenizer import BOS, EOS, PAD, SPECIALS, StreamDecoder, Tokenizer
+from seqserve.data.user_tokenizers import HFTokenizer, VocabCharTokenizer, WordTokenizer, load_tokenizer
 
-__all__ = ["BOS", "Corpus", "EOS", "PAD", "SPECIALS", "StreamDecoder", "Tokenizer", "load_corpus"]
+__all__ = ["BOS", "Corpus", "EOS", "HFTokenizer", "PAD", "SPECIALS", "StreamDecoder", "Tokenizer", "VocabCharTokenizer",
+           "WordTokenizer", "load_corpus", "load_tokenizer"]

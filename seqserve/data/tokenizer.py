@@ -1,5 +1,8 @@
 """Character- and byte-level tokenizers, saved as JSON beside the model.
 
+Users' own tokenizers (word or character vocabulary files, Hugging Face tokenizer.json) live in
+seqserve/data/user_tokenizers.py; `Tokenizer.from_json` reads every kind back.
+
 Ids 0-2 are the special tokens; characters (or the 256 byte values) follow. The char tokenizer
 has no unknown token on purpose: text outside the vocabulary is an error that names the
 characters, rather than a silent substitution that changes what the model sees.
@@ -65,6 +68,19 @@ class Tokenizer:
 
     @staticmethod
     def from_json(d: dict) -> "Tokenizer":
+        """Any kind's to_json() back: char/byte here, the user kinds (word, vocab-char, hf) by
+        user_tokenizers.from_json."""
+        from seqserve.data import user_tokenizers as user
+
+        if isinstance(d, dict) and d.get("kind") in user.KINDS:
+            key = user.PAYLOAD[d["kind"]]
+            if key not in d:
+                raise SeqserveError(f"unknown tokenizer kind {d['kind']!r} layout: a {d['kind']} tokenizer JSON "
+                                    f"holds {key!r}; got keys {sorted(d)[:8]}")
+            return user.from_json(d)
+        if isinstance(d, dict) and d.get("kind") not in ("char", "byte"):
+            raise SeqserveError(f"unknown tokenizer kind {d.get('kind')!r}; expected one of "
+                                f"{['char', 'byte', *user.KINDS]}")
         if not isinstance(d, dict) or not isinstance(d.get("chars", []), list) \
                 or not all(isinstance(c, str) and len(c) == 1 for c in d.get("chars", [])):
             raise SeqserveError("tokenizer JSON must be an object with 'kind' and a list of single "
