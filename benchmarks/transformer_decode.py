@@ -1,4 +1,4 @@
-"""Per-token decode of the `transformer` family (task translate), side by side in one run, batch 1:
+"""Per-token decode of the `transformer` family (task seq2seq), side by side in one run, batch 1:
 
     ort cross once     the exported step graph: cross-attention K/V computed once by the encoder
                        graph and fed unchanged every step (the task's contract)
@@ -30,7 +30,7 @@ from seqserve.generation import SamplingParams
 from seqserve.generation.beam import BeamParams
 from seqserve.models import build_model, make_config
 from seqserve.runtime.torch_backend import TorchBackend
-from seqserve.tasks import translate
+from seqserve.tasks import seq2seq as translate
 from seqserve.tasks.spec import BATCH, CONSTANT, SOURCE, TensorSpec
 
 

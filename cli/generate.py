@@ -72,7 +72,7 @@ def command(
         if info.spec.head in ("classify", "tag"):        # nothing to generate: scores per text / character
             raise SeqserveError(f"{export} is a {info.task} model ({info.family}): it does not generate text; "
                                 f"use `seqserve classify {export} --text ...`")
-        if info.task in ("seq2seq", "translate"):      # encoder-decoders: the prompt is the source text
+        if info.task == "seq2seq":      # encoder-decoders: the prompt is the source text
             return _seq2seq(info, prompt, features, examples, backend, RuntimeOptions(device=device, intra_op_threads=threads),
                             params if beams == 1 else BeamParams(beams=beams, max_tokens=max_tokens, length_penalty=length_penalty))
         once = _once_inputs(info, prompt, features, examples)

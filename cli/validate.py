@@ -19,6 +19,8 @@ def command(
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
     tokens: Annotated[int, typer.Option(help="Generated tokens that torch and ONNX Runtime must agree on.")] = 32,
     summary: Annotated[bool, typer.Option("--summary", help="Only the one-row-per-check summary (and failed rows).")] = False,
+    module: Annotated[Optional[str], typer.Option(
+        help="A brought model's export: re-import FILE.py:FACTORY for the torch side instead of the module it records.")] = None,
 ):
     """Gate an export: ONNX checker, dynamic axes, torch vs ONNX Runtime, incremental == full, greedy tokens.
 
@@ -41,7 +43,7 @@ def command(
 
             report = validate_repository(repository, progress=lambda msg: status.update(msg))
         else:
-            report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens),
+            report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens, module=module),
                                      progress=lambda msg: status.update(msg))
     render_report(report, console, verbose=not summary)
     if json_out:

@@ -27,19 +27,41 @@ class ExportOptions:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
                       progress=None) -> ExportInfo:
     ckpt = load_checkpoint(checkpoint)
-    exporter, opset = DEFAULTS.get(ckpt.family, RECURRENT_DEFAULT)
-    exporter, opset = options.exporter or exporter, options.opset or opset
-    spec = ckpt.model.spec()
     src, dst = ckpt.path.resolve(), Path(out).resolve()
     if dst == src or src in dst.parents:
         raise SeqserveError(f"--out {out} is the checkpoint folder or inside it; export to a separate folder")
+
+    def ship(tmp: Path) -> None:
+        (tmp / "checkpoint").mkdir()
+        for name in ("config.json", "tokenizer.json", "model.safetensors"):   # no optimizer state
+            shutil.copy2(ckpt.path / name, tmp / "checkpoint" / name)
+
+    training = ckpt.info.get("training", {})
+    return export_model(ckpt.model, out, ckpt.tokenizer, ckpt.family, {
+        "model_config": ckpt.info["model"],
+        "training": training,
+        # a handful of held-out inputs with the expected output (classify, tag, conditioned), from
+        # training; causal-lm sidecars stay as they were (no key)
+        **({"examples": ex} if (ex := (training or {}).get("examples")) else {}),
+    }, ship, options, progress)
+
+
+def export_model(model, out: str | Path, tokenizer, family: str, fields: dict, ship, options: ExportOptions,
+                 progress=None) -> ExportInfo:
+    """Every graph of `model`'s task (the model interface: seqserve/adapters/protocol.py) to ONNX,
+    checked against the spec, and the sidecar (the common fields + `fields`); `ship(tmp)` adds
+    what the torch side needs later (a checkpoint copy, a brought module's weights). One atomic
+    write: a failure leaves whatever was at `out` untouched."""
+    exporter, opset = getattr(model, "export_with", None) or DEFAULTS.get(family, RECURRENT_DEFAULT)
+    exporter, opset = options.exporter or exporter, options.opset or opset
+    spec = model.spec()
     with atomic_dir(out, SIDECAR) as tmp:
         for graph in spec.graphs.values():
             if progress:
                 progress(f"exporting {graph.name} graph ({exporter}, opset {opset})")
             path = tmp / f"{graph.name}.onnx"
             try:
-                export_graph(ckpt.model, graph, path, exporter, opset)
+                export_graph(model, graph, path, exporter, opset)
             except SeqserveError:
                 raise
             except Exception as e:  # exporter internals: say which graph and how to change course
@@ -49,25 +71,18 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOp
                                     f"failed: {first} (try --exporter / --opset)") from None
             conform_dims(path, graph)
             onnx.checker.check_model(str(path), full_check=True)
-        (tmp / "checkpoint").mkdir()
-        for name in ("config.json", "tokenizer.json", "model.safetensors"):   # no optimizer state
-            shutil.copy2(ckpt.path / name, tmp / "checkpoint" / name)
+        ship(tmp)
         write_json(tmp / SIDECAR, {
             "format": FORMAT,
             "task": spec.task,
-            "family": ckpt.family,
+            "family": family,
             "spec": spec.to_json(),
-            "tokenizer": ckpt.tokenizer.to_json(),
-            "special_tokens": {"pad": ckpt.tokenizer.pad_id, "bos": ckpt.tokenizer.bos_id,
-                               "eos": ckpt.tokenizer.eos_id},
+            "tokenizer": tokenizer.to_json(),
+            "special_tokens": {"pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
             "graphs": {name: f"{name}.onnx" for name in spec.graphs},
-            "model_config": ckpt.info["model"],
             "export_options": {"exporter": exporter, "opset": opset},
             "versions": {"seqserve": seqserve.__version__, **_versions("torch", "onnx", "onnxscript")},
-            "training": ckpt.info.get("training", {}),
-            # a handful of held-out inputs with the expected output (classify, tag, conditioned), from
-            # training; causal-lm sidecars stay as they were (no key)
-            **({"examples": ex} if (ex := (ckpt.info.get("training") or {}).get("examples")) else {}),
+            **fields,
         })
     return load_export(out)
 

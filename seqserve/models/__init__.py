@@ -34,6 +34,7 @@ class Family:
     recurrent: bool = True                # trained with truncated BPTT, state carried
     default_lr: float = 3e-3              # AdamW learning rate when the user gives none
     task: str = "causal-lm"               # the task its spec() builds (seqserve.tasks.MODULES)
+    trainer: str | None = None            # module whose setup(cfg, resume) -> training Task; None: causal-lm's
 
 
 _RNN_PRESETS = {
@@ -63,23 +64,27 @@ FAMILIES: dict[str, Family] = {
     ),
     # Many-to-one / many-to-many (seqserve/models/encoder.py); labels come from the data.
     "classifier": Family("classifier", EncoderConfig, SequenceEncoderModel, _ENCODER_PRESETS,
-                         {"head": "classify"}, recurrent=False, task="classify"),
+                         {"head": "classify"}, recurrent=False, task="classify",
+                         trainer="seqserve.training.labelled"),
     "tagger": Family("tagger", EncoderConfig, SequenceEncoderModel, _ENCODER_PRESETS,
-                     {"head": "tag"}, recurrent=False, task="tag"),
+                     {"head": "tag"}, recurrent=False, task="tag",
+                     trainer="seqserve.training.labelled"),
     # One-to-many: an LSTM/GRU LM whose initial state is a projection of a feature vector
     # (trained on scikit-learn's 8x8 digits, seqserve/training/conditioned.py).
     "conditioned": Family("conditioned", ConditionedConfig, ConditionedLM,
                           {"tiny": dict(embed_dim=16, hidden_size=32, num_layers=1),
                            "small": dict(embed_dim=32, hidden_size=128, num_layers=1)},
-                          recurrent=False, default_lr=1e-2, task="conditioned"),
-    # Encoder-decoder Transformer (task translate: encoder once with cross K/V, then decoder steps),
+                          recurrent=False, default_lr=1e-2, task="conditioned",
+                          trainer="seqserve.training.conditioned"),
+    # Encoder-decoder Transformer (task seq2seq: encoder once with cross K/V, then decoder steps),
     # trained on numbers in digits -> words (seqserve/data/translation.py).
     "transformer": Family("transformer", TransformerConfig, TransformerSeq2Seq,
                           {"tiny": dict(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, d_ff=64),
                            "small": dict(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, d_ff=256)},
                           # Measured, small, batch 32, 2 minutes: held-out exact match 0.38 at 2e-3
                           # vs 0.04 at 3e-3 (unstable without warmup).
-                          recurrent=False, default_lr=2e-3, task="translate"),
+                          recurrent=False, default_lr=2e-3, task="seq2seq",
+                          trainer="seqserve.training.translation"),
     # RNN encoder-decoder with Luong/Bahdanau attention (task seq2seq), numbers in digits -> words;
     # --cell/--attention/--bidirectional pick the variant (seqserve/models/seq2seq.py).
     "seq2seq": Family("seq2seq", Seq2SeqConfig, Seq2Seq,
@@ -87,7 +92,8 @@ FAMILIES: dict[str, Family] = {
                        "small": dict(embed_dim=64, hidden_size=128, num_layers=1)},
                       # measured, small, batch 64, 2 minutes on the shared 2-core machine: held-out
                       # exact match 0.396 at 8e-3 (1569 steps) vs 0.064 at 4e-3 (1107 steps)
-                      recurrent=False, default_lr=8e-3, task="seq2seq"),
+                      recurrent=False, default_lr=8e-3, task="seq2seq",
+                      trainer="seqserve.training.seq2seq"),
 }
 
 

@@ -176,7 +176,7 @@ class Seq2Seq(nn.Module):
         io = {"max_source_len": c.max_source_len}
         if c.source_chars:
             io["source_chars"] = c.source_chars
-        return task.seq2seq_spec("seq2seq", c.vocab_size, c.cell, c.num_layers, c.hidden_size, c.attention, width,
+        return task.rnn_spec("seq2seq", c.vocab_size, c.cell, c.num_layers, c.hidden_size, c.attention, width,
                                  extra={"cell": c.cell, "attention": c.attention, "bidirectional": c.bidirectional,
                                         "num_layers": c.num_layers, "hidden_size": c.hidden_size}, io=io)
 

@@ -10,7 +10,7 @@ cache, and cross-attention over K/V computed once per source.
 
 Attention is F.scaled_dot_product_attention, which the dynamo exporter at opset 23 turns into ONNX
 `Attention`. Layers are written from their weights (stock nn.TransformerDecoder has no KV cache).
-The task is seqserve.tasks.translate.
+The task is seqserve.tasks.seq2seq (transformer_spec).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch import nn
 
 from seqserve.models.gpt import GPT, sinusoidal_table
 from seqserve.tasks.spec import BATCH, PAST, SOURCE, TaskSpec
-from seqserve.tasks.translate import (SELF_MASK, SELF_POSITIONS, SOURCE_IDS, SOURCE_MASK_NAME, TARGET_IDS, MEMORY,
-                                      LOGITS_NAME, cross_cache_names, self_cache_names, translate_spec)
+from seqserve.tasks.seq2seq import (SELF_MASK, SELF_POSITIONS, SOURCE_IDS, SOURCE_MASK_NAME, TARGET_IDS, MEMORY,
+                                      LOGITS_NAME, cross_cache_names, self_cache_names, transformer_spec)
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class TransformerSeq2Seq(nn.Module):
 
     def spec(self) -> TaskSpec:
         c = self.config
-        return translate_spec("transformer", c.vocab_size, c.d_model,
+        return transformer_spec("transformer", c.vocab_size, c.d_model,
                               [(i, o, (BATCH, c.n_heads, PAST, c.head_dim), 2) for i, o in self._self_names],
                               [(n, (BATCH, c.n_heads, SOURCE, c.head_dim)) for n in self._cross_names],
                               extra={"n_enc_layers": c.n_enc_layers, "n_dec_layers": c.n_dec_layers,

@@ -36,6 +36,6 @@ class TorchBackend:
 
     @classmethod
     def from_export(cls, export_info, graph: str = "step", device: str = "cpu") -> "TorchBackend":
-        from seqserve.checkpoint import load_checkpoint
+        from seqserve.export.torch_model import load_torch_model
 
-        return cls(load_checkpoint(export_info.checkpoint_path).model, graph, device)
+        return cls(load_torch_model(export_info), graph, device)

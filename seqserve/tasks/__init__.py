@@ -4,8 +4,8 @@
     conditioned init (features -> initial state, once) + step + full; generation from a vector
     classify    full (+ step, recurrent) over token ids -> class_logits [B, C]
     tag         full (+ step, unidirectional recurrent) over token ids -> tag_logits [B, S, T]
-    translate   encoder (source -> memory + constants, once) + step + full; an encoder-decoder
-    seq2seq     encoder (source -> outputs, keys + the decoder's initial state, once) + step + full; RNN + attention
+    seq2seq     encoder (source -> constants [+ the decoder's initial state], once) + step + full;
+                an RNN with attention or a Transformer (self KV cache, cross K/V computed once)
 
 Each task module writes its graph and tensor names once and runs a torch model's graphs by
 tensor names (`run_graph`), for the exporter and the torch backend.
@@ -14,12 +14,12 @@ tensor names (`run_graph`), for the exporter and the torch backend.
 from __future__ import annotations
 
 from seqserve.errors import SeqserveError
-from seqserve.tasks import causal_lm, classify, conditioned, seq2seq, tag, translate
+from seqserve.tasks import causal_lm, classify, conditioned, seq2seq, tag
 from seqserve.tasks.causal_lm import causal_lm_spec
 from seqserve.tasks.spec import GraphSpec, TaskSpec
 
 MODULES = {causal_lm.NAME: causal_lm, classify.NAME: classify, tag.NAME: tag, conditioned.NAME: conditioned,
-           translate.NAME: translate, seq2seq.NAME: seq2seq}
+           seq2seq.NAME: seq2seq}
 TASKS = tuple(MODULES)
 CAUSAL_LM = causal_lm.NAME
 

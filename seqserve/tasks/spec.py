@@ -47,6 +47,9 @@ HEADS = (GENERATE, CLASSIFY, TAG)
 # The names a KV-cache graph gives its mask and positions (state_tensors writes them).
 MASK_NAME, POSITIONS_NAME = "attention_mask", "position_ids"
 
+# Task names older exports were written with -> the task they are now (two tasks became one).
+TASK_ALIASES = {"translate": "seq2seq"}
+
 # When a graph runs in a task's chain.
 ONCE, STEP, FULL = "once", "step", "full"
 RUNS = (ONCE, STEP, FULL)
@@ -204,7 +207,8 @@ class TaskSpec:
         graphs = {n: GraphSpec(g["name"], tensors(g["inputs"]), tensors(g["outputs"]),
                                tuple(StatePair(**p) for p in g.get("state", ())), g.get("runs", STEP))
                   for n, g in d["graphs"].items()}
-        return TaskSpec(d["task"], d["family"], graphs, d.get("extra", {}), d.get("head", GENERATE), d.get("io", {}))
+        task = TASK_ALIASES.get(d["task"], d["task"])
+        return TaskSpec(task, d["family"], graphs, d.get("extra", {}), d.get("head", GENERATE), d.get("io", {}))
 
 
 def _from_v1(d: dict) -> TaskSpec:

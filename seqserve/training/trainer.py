@@ -30,10 +30,6 @@ from seqserve.models import build_model, get_family, make_config
 
 DEFAULT_STEPS = 200
 UNBOUNDED_STEPS = 1_000_000_000   # "train until --minutes runs out": more steps than any budget allows
-# task -> module whose setup(cfg, resume) -> Task trains families of that task with `train`
-TASK_TRAINERS = {"conditioned": "seqserve.training.conditioned", "classify": "seqserve.training.labelled",
-                 "tag": "seqserve.training.labelled", "translate": "seqserve.training.translation",
-                 "seq2seq": "seqserve.training.seq2seq"}
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -96,7 +92,7 @@ class TrainResult:
 class Task:
     """What one task gives the training loop (`train`); the loop owns the optimizer, the evaluation
     cadence, the time budget, the history, checkpoints and --resume. Built by `setup(cfg, resume)`
-    (here for causal-lm, in the TASK_TRAINERS module for the others)."""
+    (here for causal-lm, in the family's `trainer` module for the others)."""
     model: torch.nn.Module
     tokenizer: Tokenizer
     batches: Callable[[int], Iterator]           # start step -> training batches (a resumed run goes on)
@@ -122,8 +118,8 @@ def resume_or_build(cfg: TrainConfig, resume, build: Callable[[], tuple]) -> tup
 
 def train(cfg: TrainConfig, out: str | Path, resume: str | Path | None = None, progress=None) -> TrainResult:
     """Train and save a checkpoint folder at `out`. `progress(step, total, metrics)` is called often."""
-    task_name = get_family(cfg.family).task
-    setup = importlib.import_module(TASK_TRAINERS[task_name]).setup if task_name in TASK_TRAINERS else _causal_lm
+    trainer = get_family(cfg.family).trainer
+    setup = importlib.import_module(trainer).setup if trainer else _causal_lm
     check_replaceable(Path(out), "config.json")   # fail now, not at the save after the run
     threads = torch.get_num_threads()
     try:

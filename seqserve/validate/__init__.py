@@ -35,15 +35,13 @@ _BY_TASK = {
            "greedy_generation": None}
     for task in ("classify", "tag")
 }
-# Encoder-decoder tasks: the shape grid over sources, the chain from the encoder, beams (encdec.py).
-_BY_TASK["translate"] = {"torch_vs_ort": (encdec.torch_vs_ort, "comparing torch and ONNX Runtime over sources and targets"),
-                         "incremental_vs_full": (encdec.incremental_vs_full, "comparing encoder + steps with the full graph"),
-                         "greedy_generation": (encdec.greedy_generation, "comparing generation (greedy, sampled, beams) torch vs ORT")}
+# The encoder-decoder task: the shape grid over sources, the chain from the encoder (and a padded
+# source == it alone), beams (encdec.py, seq2seq.py).
 _BY_TASK["seq2seq"] = {
     "sidecar": (seq2seq.sidecar, "checking seqserve.json, its source characters and examples"),
-    "torch_vs_ort": _BY_TASK["translate"]["torch_vs_ort"],
+    "torch_vs_ort": (encdec.torch_vs_ort, "comparing torch and ONNX Runtime over sources and targets"),
     "incremental_vs_full": (seq2seq.incremental_vs_full, "comparing encoder once + decoder steps with the full graph"),
-    "greedy_generation": _BY_TASK["translate"]["greedy_generation"],
+    "greedy_generation": (encdec.greedy_generation, "comparing generation (greedy, sampled, beams) torch vs ORT"),
 }
 
 

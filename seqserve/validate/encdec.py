@@ -113,7 +113,7 @@ def incremental_vs_full(t: Target, length: int = 10, batch: int = 3, source: int
 def greedy_generation(t: Target) -> list[CheckResult]:
     from seqserve.generation import SamplingParams
     from seqserve.generation.beam import BeamParams
-    from seqserve.tasks.encdec import examples
+    from seqserve.tasks.seq2seq import examples
 
     c = t.config
     try:
@@ -138,7 +138,7 @@ def greedy_generation(t: Target) -> list[CheckResult]:
 def _generation_rows(t: Target, sources: list[str], params, cases: list[str]) -> list[CheckResult]:
     from seqserve.generation import generate_text
     from seqserve.generation.beam import BeamParams
-    from seqserve.tasks.encdec import generate_targets
+    from seqserve.tasks.seq2seq import generate_targets
 
     tok, spec = t.info.tokenizer, t.info.spec
     names = (spec.once[0].name, spec.step.name)

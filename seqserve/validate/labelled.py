@@ -12,11 +12,10 @@ has no step graph: incremental_vs_full has no rows then.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from seqserve.tasks.spec import CLASS_LOGITS, TAG_LOGITS, TOKENS
+from seqserve.validate import static
 from seqserve.validate.compare import compare
 from seqserve.validate.parity import _chunks
 from seqserve.validate.results import CheckResult
@@ -49,23 +48,12 @@ def sidecar(t: Target) -> list[CheckResult]:
             info.tokenizer.encode(e["input"])
             want = e["expected"] if isinstance(e["expected"], list) else [e["expected"]]
             bad += [x for x in want if x not in labels]
-        return [CheckResult("sidecar", "full", f"{len(examples)} held-out examples", bool(examples) and not bad,
+        brought = "source" in info.raw          # a user's module carries no held-out examples
+        return [CheckResult("sidecar", "full", f"{len(examples)} held-out examples", (bool(examples) or brought) and not bad,
                             detail="inputs encode, expected outputs are label names" if examples and not bad
-                            else f"no examples" if not examples else f"unknown labels {sorted(set(bad))[:5]}")]
+                            else "no examples" if not examples else f"unknown labels {sorted(set(bad))[:5]}")]
 
-    def against_checkpoint() -> list[CheckResult]:
-        from seqserve.checkpoint import load_checkpoint
-        from seqserve.data import Tokenizer
-
-        tok = Tokenizer.from_json(json.loads((info.checkpoint_path / "tokenizer.json").read_text()))
-        same = load_checkpoint(info.checkpoint_path).model.spec() == info.spec
-        return [CheckResult("sidecar", "full", "tokenizer == checkpoint/tokenizer.json", tok == info.tokenizer,
-                            detail="identical" if tok == info.tokenizer else "the tokenizers differ"),
-                CheckResult("sidecar", "full", "spec == checkpoint model's spec", same,
-                            detail="identical" if same else "tensor names, dims, labels or state pairs differ")]
-
-    return rows + guarded("sidecar", "full", "examples", check_examples) \
-        + guarded("sidecar", "full", "against checkpoint/", against_checkpoint)
+    return rows + guarded("sidecar", "full", "examples", check_examples) + static.against_torch_side(t, "full")
 
 
 def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[CheckResult]:

@@ -18,6 +18,7 @@ class ValidateConfig:
     pasts: tuple[int, ...] = (0, 4)        # KV-cache lengths (gpt)
     generate_tokens: int = 32              # tokens torch and ORT must generate identically
     seed: int = 0
+    module: str | None = None              # brought exports: FILE.py:FACTORY instead of the sidecar's
 
     def __post_init__(self):
         from seqserve.errors import SeqserveError

@@ -75,29 +75,50 @@ def sidecar(t: Target) -> list[CheckResult]:
     Everything downstream (server, Triton configs, clients) trusts the sidecar; a tokenizer that
     drifted from the checkpoint would decode the right ids into the wrong text.
     """
-    import json
-
-    from seqserve.checkpoint import load_checkpoint
-    from seqserve.data import Tokenizer
-
     info, rows = t.info, []
     vocab = info.spec.full.role(LOGITS).dims[-1]
     rows.append(CheckResult("sidecar", "full+step", "tokenizer size == logits vocabulary",
                             info.tokenizer.vocab_size == vocab,
                             detail=f"tokenizer has {info.tokenizer.vocab_size} ids, logits have {vocab}"))
 
+    return rows + _feature_rows(info) + against_torch_side(t, "full+step")
+
+
+def against_torch_side(t: Target, graph: str) -> list[CheckResult]:
+    """The sidecar == what the torch side is: a checkpoint export's checkpoint/ (tokenizer, the
+    model's spec); a brought module re-imported with the exported weights (their digest, the
+    adapted spec: the adapter decides as it did at export)."""
+    import hashlib
+    import json
+
+    from seqserve.data import Tokenizer
+
+    info = t.info
+    if "source" in info.raw:
+        def against_module() -> list[CheckResult]:
+            src = info.raw["source"]
+            weights = info.path / src["weights_file"]
+            same_bytes = hashlib.sha256(weights.read_bytes()).hexdigest() == src.get("sha256", "")
+            model = t.torch(info.spec.full.name).model
+            same_spec = model.spec() == info.spec
+            return [CheckResult("sidecar", graph, f"{src['weights_file']} == the weights exported", same_bytes,
+                                detail="sha256 identical" if same_bytes else "the file changed since export"),
+                    CheckResult("sidecar", graph, "spec == the re-imported module's, adapted", same_spec,
+                                detail=f"{src.get('module', 'the module')}: identical" if same_spec else
+                                "tensor names, dims or state pairs differ")]
+        return guarded("sidecar", graph, "against the user's module", against_module)
+
     def against_checkpoint() -> list[CheckResult]:
+        from seqserve.checkpoint import load_checkpoint
+
         ckpt_tok = Tokenizer.from_json(json.loads((info.checkpoint_path / "tokenizer.json").read_text()))
-        model = load_checkpoint(info.checkpoint_path).model
-        same_spec = model.spec() == info.spec
-        return [CheckResult("sidecar", "full+step", "tokenizer == checkpoint/tokenizer.json",
-                            ckpt_tok == info.tokenizer,
+        same_spec = load_checkpoint(info.checkpoint_path).model.spec() == info.spec
+        return [CheckResult("sidecar", graph, "tokenizer == checkpoint/tokenizer.json", ckpt_tok == info.tokenizer,
                             detail="identical" if ckpt_tok == info.tokenizer else
                             f"sidecar has {info.tokenizer.vocab_size} ids, the checkpoint {ckpt_tok.vocab_size}"),
-                CheckResult("sidecar", "full+step", "spec == checkpoint model's spec", same_spec,
-                            detail="identical" if same_spec else "tensor names, dims or state pairs differ")]
-
-    return rows + _feature_rows(info) + guarded("sidecar", "full+step", "against checkpoint/", against_checkpoint)
+                CheckResult("sidecar", graph, "spec == checkpoint model's spec", same_spec,
+                            detail="identical" if same_spec else "tensor names, dims, labels or state pairs differ")]
+    return guarded("sidecar", graph, "against checkpoint/", against_checkpoint)
 
 
 def _feature_rows(info) -> list[CheckResult]:

@@ -42,16 +42,17 @@ class Target:
         from seqserve.runtime.torch_backend import TorchBackend
 
         if self._model is None:
-            from seqserve.checkpoint import load_checkpoint
+            from seqserve.export.torch_model import load_torch_model
 
+            what = "the user's module" if "source" in self.info.raw else "the torch checkpoint"
             try:
-                model = load_checkpoint(self.info.checkpoint_path).model
+                model = load_torch_model(self.info, self.config.module)
             except SeqserveError as e:
-                self.broken["torch"] = f"the torch checkpoint cannot be loaded: {e}"
+                self.broken["torch"] = f"{what} cannot be loaded: {e}"
                 raise Unusable(self.broken["torch"]) from None
             if model.spec() != self.info.spec:
                 # Comparing against a different model would only produce confusing diffs.
-                self.broken["torch"] = "the checkpoint's model spec differs from the export's seqserve.json"
+                self.broken["torch"] = f"{what}'s spec differs from the export's seqserve.json"
                 raise Unusable(self.broken["torch"])
             self._model = model
         return TorchBackend(self._model, graph)
