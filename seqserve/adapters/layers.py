@@ -12,7 +12,8 @@ Attention is F.scaled_dot_product_attention with an explicit boolean mask (True 
 `is_causal`), which the dynamo exporter at opset 23 turns into ONNX `Attention`. `explicit_masks()`
 is for calling the USER's forward: the fused MHA fast path off (it switches to nested tensors and
 other kernels in eval) and the stock modules' runtime "is this mask causal?" test (a data-
-dependent branch the exporter cannot follow) replaced by "no, unless the caller said so".
+dependent branch the exporter cannot follow) replaced by "no, unless the caller said so", and
+attention masks given their query axis in full (ONNX Runtime's Attention does not broadcast it).
 """
 
 from __future__ import annotations
@@ -62,12 +63,22 @@ def explicit_masks():
     causal-mask detection (the masks the caller passes are applied as given)."""
     from torch.nn.modules import transformer as stock
 
-    was_fast, detect = torch.backends.mha.get_fastpath_enabled(), stock._detect_is_causal_mask
+    was_fast, detect, sdpa = torch.backends.mha.get_fastpath_enabled(), stock._detect_is_causal_mask, F.scaled_dot_product_attention
+
+    def full_mask_sdpa(q, k, v, attn_mask=None, *args, **kwargs):
+        # stock MHA turns a key padding mask into (B, nh, 1, K); ONNX Runtime's Attention wants
+        # the query axis spelled out: (.., S, K)
+        if attn_mask is not None and attn_mask.dim() >= 2:
+            attn_mask = attn_mask.expand(*attn_mask.shape[:-2], q.shape[-2], k.shape[-2])
+        return sdpa(q, k, v, attn_mask, *args, **kwargs)
+
     torch.backends.mha.set_fastpath_enabled(False)
     stock._detect_is_causal_mask = lambda mask, is_causal=None, size=None: is_causal is True
+    F.scaled_dot_product_attention = full_mask_sdpa
     try:
         yield
     finally:
+        F.scaled_dot_product_attention = sdpa
         stock._detect_is_causal_mask = detect
         torch.backends.mha.set_fastpath_enabled(was_fast)
 
