@@ -30,15 +30,19 @@ WEIGHTS = "source/weights.safetensors"
 def adapt(model, task: str, adapter=None, labels: list[str] | None = None) -> Adapted:
     """The user's module in the model interface. adapter: None (automatic), a function
     model -> pieces (or -> an Adapted), or 'FILE.py:NAME' naming one."""
-    from seqserve.adapters import decoder, encdec, recurrent
+    import importlib
+
     from seqserve.adapters.loading import load_callable
+
+    def kind(name: str):        # recurrent.py, decoder.py, encdec.py: detect() / from_pieces()
+        return importlib.import_module(f"seqserve.adapters.{name}")
 
     if task not in TASKS:
         raise SeqserveError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     model.eval()
     if adapter is None:
-        for kind in (recurrent, decoder, encdec):
-            adapted = kind.detect(model, task, labels)
+        for name in ("recurrent", "decoder", "encdec"):     # the first that recognises the module
+            adapted = kind(name).detect(model, task, labels)
             if adapted is not None:
                 return adapted.eval()
         raise SeqserveError(f"{type(model).__name__} holds no nn.RNN/LSTM/GRU, nn.TransformerEncoder(Layer) or "
@@ -53,11 +57,11 @@ def adapt(model, task: str, adapter=None, labels: list[str] | None = None) -> Ad
         raise SeqserveError(f"the adapter {getattr(fn, '__name__', fn)} raised {type(e).__name__}: {e}") from None
     if isinstance(pieces, Adapted):
         return pieces.eval()
-    kinds = {RecurrentPieces: recurrent, DecoderPieces: decoder, EncoderDecoderPieces: encdec}
+    kinds = {RecurrentPieces: "recurrent", DecoderPieces: "decoder", EncoderDecoderPieces: "encdec"}
     if type(pieces) not in kinds:
         raise SeqserveError(f"the adapter returned {type(pieces).__name__}; expected RecurrentPieces, DecoderPieces, "
                             "EncoderDecoderPieces (seqserve.adapters) or an Adapted module")
-    return kinds[type(pieces)].from_pieces(model, pieces, task, labels).eval()
+    return kind(kinds[type(pieces)]).from_pieces(model, pieces, task, labels).eval()
 
 
 def check_tokenizer(spec, tokenizer) -> None:

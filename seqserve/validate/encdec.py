@@ -20,9 +20,10 @@ import numpy as np
 
 from seqserve.tasks.spec import (BATCH, LOGITS, PAST, SEQ, SOURCE, SOURCE_MASK, SOURCE_TOKENS, TOKENS,
                                  example_inputs)
-from seqserve.validate.parity import _chunks, _torch_vs_ort_case, chain_vs_full, flat_beams, token_rows
+from seqserve.validate.parity import (_chunks, _torch_vs_ort_case, chain_vs_full, flat_beams, recompute_greedy,
+                                      token_rows, vocabulary_texts)
 from seqserve.validate.results import CheckResult
-from seqserve.validate.target import Target, Unusable, guarded
+from seqserve.validate.target import Target, guarded
 
 SOURCES = (2, 6)        # source lengths of the torch_vs_ort grid
 PAD = 2                 # padding at the end of row 0's source in padded cases
@@ -94,16 +95,18 @@ def incremental_vs_full(t: Target, length: int = 10, batch: int = 3, source: int
     case0 = f"batch={batch} source={source} padded length={length}"
 
     def run(name: str, chunks: list[int]) -> list[CheckResult]:
-        out = t.ort(full_spec.name).run({**src, full_spec.name_of(TOKENS): ids})
-        full = np.asarray(out[full_spec.name_of(LOGITS)])
-        step = t.ort(step_spec.name)
-        start = start_values([t.ort(g.name) for g in t.info.spec.once], src, step_spec)
-        r, detail = chain_vs_full(step, step_spec, start, ids, chunks, full, c, "encoder+" + step_spec.name,
-                                  full_spec.name)
-        return [CheckResult("incremental_vs_full", "encoder+step", f"{case0} {name}", r.passed, r.max_abs,
-                            r.max_rel, c.atol, c.rtol, detail)]
+        rows = []
+        for ref, full in t.full_refs({**src, full_spec.name_of(TOKENS): ids}, full_spec.name_of(LOGITS)).items():
+            step = t.ort(step_spec.name)
+            start = start_values([t.ort(g.name) for g in t.info.spec.once], src, step_spec)
+            r, detail = chain_vs_full(step, step_spec, start, ids, chunks, full, c, "encoder+" + step_spec.name, ref)
+            case = f"{case0} {name}" + ("" if ref == full_spec.name else f" vs {ref}")
+            rows.append(CheckResult("incremental_vs_full", "encoder+step", case, r.passed, r.max_abs,
+                                    r.max_rel, c.atol, c.rtol, detail))
+        return rows
 
-    # ONNX Runtime only: torch's full graph is torch_vs_ort's business (over the whole shape grid)
+    # ONNX Runtime's full graph, and a brought module's own forward in torch (Target.full_refs);
+    # torch's full graph against ORT is otherwise torch_vs_ort's business (over the whole shape grid)
     rows = []
     for name, chunks in schedules.items():
         rows += guarded("incremental_vs_full", "encoder+step", f"{case0} {name}", lambda: run(name, chunks))
@@ -119,7 +122,7 @@ def greedy_generation(t: Target) -> list[CheckResult]:
     try:
         sources = examples(t.info.raw)[0][:3]
     except Exception:
-        sources = ["".join(t.info.tokenizer.chars[:3]), "".join(t.info.tokenizer.chars[-5:])]
+        sources = vocabulary_texts(t.info.tokenizer)
     n = c.generate_tokens if t.info.max_context is None else min(c.generate_tokens, t.info.max_context)
     modes = {"greedy": SamplingParams(max_tokens=n, greedy=True, stop_at_eos=False),
              f"sampled seed={c.seed}": SamplingParams(max_tokens=n, temperature=1.0, seed=c.seed, stop_at_eos=False),
@@ -136,7 +139,6 @@ def greedy_generation(t: Target) -> list[CheckResult]:
 
 
 def _generation_rows(t: Target, sources: list[str], params, cases: list[str]) -> list[CheckResult]:
-    from seqserve.generation import generate_text
     from seqserve.generation.beam import BeamParams
     from seqserve.tasks.seq2seq import generate_targets
 
@@ -155,4 +157,12 @@ def _generation_rows(t: Target, sources: list[str], params, cases: list[str]) ->
             out[ev.index].text += ev.text
         return out
 
-    return token_rows("encoder+step", cases, run("torch"), run("ort"))
+    rows = token_rows("encoder+step", cases, run("torch"), run("ort"))
+    if t.brought and not isinstance(params, BeamParams) and params.greedy:
+        # what users do today: their own forward over source + the whole target prefix per token
+        from seqserve.tasks.seq2seq import source_inputs
+
+        ref = [recompute_greedy(t, [tok.bos_id], params.max_tokens, source_inputs(spec, tok, s)) for s in sources]
+        rows += token_rows("full", [f"{c} vs the user's forward recomputing the prefix" for c in cases], ref,
+                           run("ort"), "the user's forward")
+    return rows

@@ -80,14 +80,16 @@ def incremental_vs_full(t: Target, length: int = 12, batch: int = 2) -> list[Che
     def run(name: str, chunks: list[int]) -> list[CheckResult]:
         from seqserve.generation import start_values
 
-        full = t.ort(full_spec.name).run({**cond, full_spec.name_of(TOKENS): ids})[full_spec.name_of(LOGITS)]
-        step = t.ort(step_spec.name)
-        once = [t.ort(g.name) for g in t.info.spec.once]
-        start = start_values(once, cond, step_spec) if once else None
-        r, detail = chain_vs_full(step, step_spec, start, ids, chunks, full, c, step_spec.name, full_spec.name)
-        case = f"batch={batch} length={length} {name}"
-        return [CheckResult("incremental_vs_full", "full+step", case, r.passed, r.max_abs, r.max_rel,
-                            c.atol, c.rtol, detail)]
+        rows = []
+        for ref, full in t.full_refs({**cond, full_spec.name_of(TOKENS): ids}, full_spec.name_of(LOGITS)).items():
+            step = t.ort(step_spec.name)
+            once = [t.ort(g.name) for g in t.info.spec.once]
+            start = start_values(once, cond, step_spec) if once else None
+            r, detail = chain_vs_full(step, step_spec, start, ids, chunks, full, c, step_spec.name, ref)
+            case = f"batch={batch} length={length} {name}" + ("" if ref == full_spec.name else f" vs {ref}")
+            rows.append(CheckResult("incremental_vs_full", "full+step", case, r.passed, r.max_abs, r.max_rel,
+                                    c.atol, c.rtol, detail))
+        return rows
 
     rows = []
     for name, chunks in schedules.items():
@@ -157,7 +159,7 @@ def greedy_generation(t: Target) -> list[CheckResult]:
 
 
 def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n: int) -> list[CheckResult]:
-    from seqserve.generation import generate_text
+    from seqserve.generation import SamplingParams, generate_text
     from seqserve.generation.beam import BeamParams, beam_texts
 
     if n < 1:
@@ -172,7 +174,24 @@ def _generation_rows(t: Target, prompts: list[str], params, cases: list[str], n:
     else:
         def run(backend):
             return generate_text(backend, tok, prompts, params, t.info.max_context, *chain(backend.name))
-    return token_rows("step", cases, run(t.torch(step)), run(t.ort(step)))
+    rows = token_rows("step", cases, run(t.torch(step)), run(t.ort(step)))
+    if t.brought and isinstance(params, SamplingParams) and params.greedy and not t.info.spec.once:
+        # what users do today: their own forward over the whole prefix for every new token
+        ref = [recompute_greedy(t, tok.encode(p), n) for p in prompts]
+        rows += token_rows("full", [f"{c} vs the user's forward recomputing the prefix" for c in cases], ref,
+                           run(t.ort(step)), "the user's forward")
+    return rows
+
+
+def recompute_greedy(t: Target, ids: list[int], n: int, fixed: dict | None = None) -> SimpleNamespace:
+    """n greedy tokens from the full graph's torch side (a brought model: the user's own forward),
+    the whole prefix recomputed for every token; fixed: the full graph's other inputs (a source)."""
+    full = t.info.spec.full
+    backend, tokens = t.torch(full.name), []
+    for _ in range(n):
+        logits = backend.run({**(fixed or {}), full.name_of(TOKENS): np.asarray([ids + tokens], np.int64)})
+        tokens.append(int(np.argmax(logits[full.name_of(LOGITS)][0, -1])))
+    return SimpleNamespace(tokens=tokens, text=t.info.tokenizer.decode(tokens))
 
 
 def flat_beams(hyps_per_row: list) -> list[SimpleNamespace]:
@@ -182,7 +201,7 @@ def flat_beams(hyps_per_row: list) -> list[SimpleNamespace]:
             for hyps in hyps_per_row]
 
 
-def token_rows(graph: str, cases: list[str], ref: list, got: list) -> list[CheckResult]:
+def token_rows(graph: str, cases: list[str], ref: list, got: list, ref_name: str = "torch") -> list[CheckResult]:
     """A greedy_generation row per case: torch's (ref) and ORT's (got) generated .tokens must be
     identical; a failure names the first generated token that differs and both texts."""
     rows = []
@@ -195,8 +214,8 @@ def token_rows(graph: str, cases: list[str], ref: list, got: list) -> list[Check
                                     detail=f"{len(a.tokens)} identical tokens: {b.text[:40]!r}"))
             continue
         rows.append(CheckResult("greedy_generation", graph, case, False, detail=(
-            f"first difference at generated token {diff}: torch {b.tokens[diff:diff + 1]} vs ort "
-            f"{a.tokens[diff:diff + 1]}; torch {b.text[:40]!r}, ort {a.text[:40]!r}")))
+            f"first difference at generated token {diff}: {ref_name} {b.tokens[diff:diff + 1]} vs ort "
+            f"{a.tokens[diff:diff + 1]}; {ref_name} {b.text[:40]!r}, ort {a.text[:40]!r}")))
     return rows
 
 
@@ -232,8 +251,17 @@ def prompts_for(tok) -> list[str]:
             return False
 
     good = [p for p in ("def ", "import os\nclass ") if ok(p)]
-    chars = list(tok.chars)
-    for p in ("".join(chars[:3]), "".join(chars[-7:])):   # vocabularies without code characters
-        if len(good) < 2 and p and p not in good:
+    for p in vocabulary_texts(tok):   # vocabularies without code characters
+        if len(good) < 2 and p and p not in good and ok(p):
             good.append(p)
     return good
+
+
+def vocabulary_texts(tok) -> list[str]:
+    """Two short texts made of the vocabulary's first and last ordinary tokens (3 and 7 of them),
+    for any tokenizer kind."""
+    if hasattr(tok, "chars"):
+        return ["".join(tok.chars[:3]), "".join(tok.chars[-7:])]
+    special = set(getattr(tok, "special_ids", ())) | {tok.pad_id, tok.bos_id, tok.eos_id}
+    ids = [i for i in range(tok.vocab_size) if i not in special]
+    return [tok.decode(ids[:3]), tok.decode(ids[-7:])]

@@ -6,6 +6,8 @@ that needs it fails with that reason, so one corrupt file does not hide what els
 
 from __future__ import annotations
 
+import numpy as np
+
 from seqserve.errors import SeqserveError
 from seqserve.validate.results import CheckResult, ValidateConfig
 
@@ -22,6 +24,20 @@ class Target:
         self.broken: dict[str, str] = {}        # graph or "torch" -> why it cannot be used
         self._ort: dict[str, object] = {}
         self._model = None
+
+    @property
+    def brought(self) -> bool:
+        """A user's module (seqserve.adapters): the chain is also compared with its own forward."""
+        return "source" in self.info.raw
+
+    def full_refs(self, feeds: dict, output: str) -> dict:
+        """What a chain must equal: the full graph in ONNX Runtime, and for a brought module also
+        the user's own forward in torch (the full graph's torch side) -> {label: array}."""
+        full = self.info.spec.full.name
+        refs = {full: np.asarray(self.ort(full).run(feeds)[output])}
+        if self.brought:
+            refs["the user's forward (torch)"] = np.asarray(self.torch(full).run(feeds)[output])
+        return refs
 
     def ort(self, graph: str):
         if graph in self.broken:

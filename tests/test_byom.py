@@ -1,0 +1,215 @@
+"""Bring your own model, end to end: the user's own nn.Module file (tests/user_models, written the
+way users write them) -> `seqserve export --module` -> `seqserve validate` (against the user's own
+forward) -> package -> `seqserve serve` -> a tritonclient request equal to in-process ONNX
+Runtime; the user's tokenizer (a word vocabulary file or a tokenizer.json); bad input is one line,
+exit 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_one_line_error, run
+from serving import assert_full_graph_served, serve_export
+
+MODELS = Path(__file__).with_name("user_models")
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def word_vocab(path: Path, size: int) -> Path:
+    """A vocabulary file, one token per line: the four specials, then words w4 .. w{size-1}."""
+    path.write_text("\n".join(SPECIALS + [f"w{i}" for i in range(len(SPECIALS), size)]) + "\n")
+    return path
+
+
+def tokenizer_json(path: Path, size: int) -> Path:
+    """A Hugging Face tokenizer.json (WordLevel over whitespace) of exactly `size` tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + [f"w{i}" for i in range(len(SPECIALS), size)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+    return path
+
+
+# name -> (module, task, vocabulary size, tokenizer kind, extra export options)
+CASES = {
+    "lstm_lm": ("lstm_lm.py:build", "causal-lm", 40, "vocab", []),
+    "lstm_proj": ("lstm_proj.py:build", "causal-lm", 36, "json", []),
+    "gru_classifier": ("gru_classifier.py:build", "classify", 30, "vocab", ["--labels", "neg,neu,pos"]),
+    "transformer_lm": ("transformer_lm.py:build", "causal-lm", 50, "json",
+                       ["--adapter", str(MODELS / "adapter_transformer_lm.py:adapter")]),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def brought(request, tmp_path_factory):
+    """(case name, export folder, CLI output) for each user model, exported through the CLI."""
+    torch.set_num_threads(1)
+    name = request.param
+    module, task, size, kind, extra = CASES[name]
+    root = tmp_path_factory.mktemp(f"byom-{name}")
+    tok = word_vocab(root / "vocab.txt", size) if kind == "vocab" else tokenizer_json(root / "tokenizer.json", size)
+    res = run("export", "--module", str(MODELS / module), "--task", task, "--tokenizer", tok, *extra,
+              "--out", root / "export")
+    assert res.exit_code == 0, res.output
+    return name, root / "export", res.output
+
+
+def test_export_records_where_the_module_came_from_and_how_it_was_read(brought):
+    name, export, output = brought
+    side = json.loads((export / "seqserve.json").read_text())
+    src = side["source"]
+    assert src["module"].endswith(CASES[name][0]) and Path(src["module"].rpartition(":")[0]).is_absolute()
+    assert src["decisions"] and all(f"{k}: " in output for k in src["decisions"])   # printed, and recorded
+    assert (export / src["weights_file"]).is_file() and len(src["sha256"]) == 64
+    assert side["family"] == "module" and side["task"] == CASES[name][1]
+
+
+def test_validate_passes_against_the_users_own_forward(brought):
+    from seqserve.validate import validate_export
+
+    name, export, _ = brought
+    report = validate_export(export)
+    failed = [r for r in report.checks if not r.passed]
+    assert not failed, failed[:3]
+    rows = report.checks
+    assert any("re-imported module" in r.case for r in rows)            # the sidecar vs the user's module
+    if CASES[name][1] == "causal-lm":
+        # the chain vs the user's forward itself, and greedy tokens vs the user recomputing the prefix
+        assert any(r.check == "incremental_vs_full" and "the user's forward" in r.case for r in rows)
+        assert any(r.check == "greedy_generation" and "recomputing the prefix" in r.case for r in rows)
+
+
+def test_validate_fails_when_the_module_computes_something_else(brought, tmp_path):
+    """The gate compares with the user's module as it is now: a changed forward fails it."""
+    from seqserve.validate import ValidateConfig, validate_export
+
+    name, export, _ = brought
+    original = MODELS / CASES[name][0].split(":")[0]
+    changed = tmp_path / original.name
+    changed.write_text(original.read_text() + "\n\n_build = build\n\n\ndef build():\n    m = _build()\n"
+                       "    return m\n")
+    for f in MODELS.glob("*.py"):                 # the adapter files it imports, unchanged
+        if not (tmp_path / f.name).exists():
+            (tmp_path / f.name).write_text(f.read_text())
+    same = validate_export(export, ValidateConfig(module=f"{changed}:build"))
+    assert same.passed                           # the same module from elsewhere: still passes
+
+    perturbed = tmp_path / "perturbed.py"
+    perturbed.write_text(f"import sys, torch\nsys.path.insert(0, {str(tmp_path)!r})\n"
+                         f"from {original.stem} import build as _build\n\n\ndef build():\n    m = _build()\n"
+                         "    _fwd = m.forward\n\n    def forward(*a, **k):\n        out = _fwd(*a, **k)\n"
+                         "        if isinstance(out, tuple):\n            return (out[0] * 1.5, *out[1:])\n"
+                         "        return out * 1.5\n\n    m.forward = forward\n    return m\n")
+    report = validate_export(export, ValidateConfig(module=f"{perturbed}:build"))
+    assert not report.passed
+    assert any(not r.passed for r in report.rows("torch_vs_ort") if r.graph == "full")
+
+
+def test_packaged_and_served_tritonclient_gets_what_onnx_runtime_gives(brought, tmp_path_factory):
+    import tritonclient.http as th
+
+    name, export, _ = brought
+    task = CASES[name][1]
+    with serve_export(export, tmp_path_factory.mktemp(f"serve-{name}"), "mine") as server:
+        ids = np.array([[4, 9, 5, 7, 6]], np.int64)
+        if task == "causal-lm":
+            assert_full_graph_served(server, "mine", export, {"input_ids": ids})
+            # generated text through the user's tokenizer, seeded sampling (a random model's greedy
+            # choice may be a special token, which prints nothing): what in-process generation gives
+            from seqserve.export import load_export
+            from seqserve.generation import SamplingParams, generate_text
+            from seqserve.runtime import OrtBackend
+
+            info = load_export(export)
+            want = generate_text(OrtBackend(info, "step"), info.tokenizer, ["w4 w9"],
+                                 SamplingParams(max_tokens=5, seed=3))[0].text
+            client = th.InferenceServerClient(server.http_address)
+            inputs = []
+            for key, value, dtype in (("text_input", np.array([b"w4 w9"], dtype=object), "BYTES"),
+                                      ("max_tokens", np.array([5], np.int32), "INT32"),
+                                      ("seed", np.array([3], np.uint64), "UINT64")):
+                inputs.append(th.InferInput(key, [1], dtype))
+                inputs[-1].set_data_from_numpy(value)
+            out = client.infer("mine_generate", inputs).as_numpy("text_output")
+            assert out.reshape(-1)[0].decode() == want
+        else:
+            from seqserve.export import load_export
+            from seqserve.runtime import OrtBackend
+
+            local = OrtBackend(load_export(export), "full").run({"input_ids": ids})["class_logits"]
+            x = th.InferInput("input_ids", list(ids.shape), "INT64")
+            x.set_data_from_numpy(ids)
+            client = th.InferenceServerClient(server.http_address)
+            got = client.infer("mine", [x]).as_numpy("class_logits")
+            np.testing.assert_allclose(got, local, atol=1e-5)
+            top = client.infer("mine", [x], outputs=[th.InferRequestedOutput("class_logits", class_count=2)])
+            labels = [s.decode().split(":")[2] for s in top.as_numpy("class_logits").reshape(-1)]
+            assert labels == [["neg", "neu", "pos"][i] for i in np.argsort(-local[0])[:2]]
+
+
+# -- bad input: one line, exit 2, nothing written -------------------------------------------------
+
+@pytest.fixture
+def vocab40(tmp_path):
+    return word_vocab(tmp_path / "vocab.txt", 40)
+
+
+def _export(tmp_path, *args):
+    res = run("export", *args, "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    return res
+
+
+def test_a_wrong_module_reference_is_one_line(tmp_path, vocab40):
+    assert_one_line_error(_export(tmp_path, "--module", tmp_path / "nope.py:build", "--task", "causal-lm",
+                                  "--tokenizer", vocab40), "does not exist")
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "lstm_lm.py:nothing", "--task", "causal-lm",
+                                  "--tokenizer", vocab40), "defines no 'nothing'", "build")
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "lstm_lm.py", "--task", "causal-lm",
+                                  "--tokenizer", vocab40), "FILE.py:NAME")
+
+
+def test_a_factory_that_raises_is_one_line(tmp_path, vocab40):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def build():\n    raise ValueError('no weights here')\n")
+    assert_one_line_error(_export(tmp_path, "--module", f"{bad}:build", "--task", "causal-lm", "--tokenizer", vocab40),
+                          "raised ValueError", "no weights here")
+
+
+def test_weights_that_do_not_fit_list_the_keys(tmp_path, vocab40, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("u_lstm", MODELS / "lstm_lm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setitem(sys.modules, "u_lstm", mod)          # so torch.save can pickle the class
+    sd = mod.build().state_dict()
+    sd["extra.weight"] = torch.zeros(2)
+    del sd["decoder.bias"]
+    torch.save(sd, tmp_path / "w.pt")
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "lstm_lm.py:build", "--weights", tmp_path / "w.pt",
+                                  "--task", "causal-lm", "--tokenizer", vocab40),
+                          "missing decoder.bias", "unexpected extra.weight")
+    torch.save(mod.build(), tmp_path / "pickled.pt")          # a whole pickled model: refused
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "lstm_lm.py:build", "--weights",
+                                  tmp_path / "pickled.pt", "--task", "causal-lm", "--tokenizer", vocab40),
+                          "pickled", "state_dict()")
+
+
+def test_a_tokenizer_of_another_size_is_one_line(tmp_path):
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "lstm_lm.py:build", "--task", "causal-lm",
+                                  "--tokenizer", word_vocab(tmp_path / "v.txt", 41)), "41 tokens", "40")
+
+
+def test_a_module_that_cannot_be_rebuilt_names_it_and_the_adapter_protocol(tmp_path):
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "unsupported.py:build", "--task", "causal-lm",
+                                  "--tokenizer", word_vocab(tmp_path / "v.txt", 30)), "--adapter")
