@@ -20,6 +20,7 @@ from serving import assert_full_graph_served, serve_export
 
 MODELS = Path(__file__).with_name("user_models")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+VOCAB_MT = 40
 
 
 def word_vocab(path: Path, size: int) -> Path:
@@ -46,6 +47,7 @@ CASES = {
     "gru_classifier": ("gru_classifier.py:build", "classify", 30, "vocab", ["--labels", "neg,neu,pos"]),
     "transformer_lm": ("transformer_lm.py:build", "causal-lm", 50, "json",
                        ["--adapter", str(MODELS / "adapter_transformer_lm.py:adapter")]),
+    "transformer_mt": ("transformer_mt.py:build", "seq2seq", VOCAB_MT, "json", []),
 }
 
 
@@ -141,6 +143,26 @@ def test_packaged_and_served_tritonclient_gets_what_onnx_runtime_gives(brought, 
                 inputs[-1].set_data_from_numpy(value)
             out = client.infer("mine_generate", inputs).as_numpy("text_output")
             assert out.reshape(-1)[0].decode() == want
+        elif task == "seq2seq":
+            from seqserve.export import load_export
+            from seqserve.generation import SamplingParams
+            from seqserve.runtime import make_chain
+            from seqserve.tasks import seq2seq
+
+            assert_full_graph_served(server, "mine", export, {
+                "source_ids": ids, "source_mask": np.ones_like(ids), "input_ids": np.array([[1, 7, 8]], np.int64)})
+            info = load_export(export)
+            step, chain = make_chain(info)
+            want = "".join(ev.text for ev in seq2seq.generate_targets(
+                chain.once[0], step, info.spec, info.tokenizer, ["w4 w9 w5"], SamplingParams(max_tokens=6, seed=3)))
+            client = th.InferenceServerClient(server.http_address)
+            inputs = []
+            for key, value, dtype in (("text_input", np.array([b"w4 w9 w5"], dtype=object), "BYTES"),
+                                      ("max_tokens", np.array([6], np.int32), "INT32"),
+                                      ("seed", np.array([3], np.uint64), "UINT64")):
+                inputs.append(th.InferInput(key, [1], dtype))
+                inputs[-1].set_data_from_numpy(value)
+            assert client.infer("mine_generate", inputs).as_numpy("text_output").reshape(-1)[0].decode() == want
         else:
             from seqserve.export import load_export
             from seqserve.runtime import OrtBackend
