@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from helpers import assert_one_line_error, run
-from serving import assert_full_graph_served, serve_export
+from serving import assert_full_graph_served, assert_streams, serve_export
+from test_triton import triton_ready  # noqa: F401 - fixture: tritonserver and its stub environment
 
 MODELS = Path(__file__).with_name("user_models")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -235,3 +236,29 @@ def test_a_tokenizer_of_another_size_is_one_line(tmp_path):
 def test_a_module_that_cannot_be_rebuilt_names_it_and_the_adapter_protocol(tmp_path):
     assert_one_line_error(_export(tmp_path, "--module", MODELS / "unsupported.py:build", "--task", "causal-lm",
                                   "--tokenizer", word_vocab(tmp_path / "v.txt", 30)), "--adapter")
+
+
+@pytest.mark.slow
+def test_tritonserver_python_backend_serves_a_brought_model_with_its_tokenizer(tmp_path_factory, request):
+    """The real tritonserver (python backend, a triton-python repository) generates with the
+    user's tokenizer.json what in-process generation gives, and serves the full graph."""
+    from seqserve.export import load_export
+    from seqserve.generation import SamplingParams, generate_text
+    from seqserve.runtime import OrtBackend
+
+    request.getfixturevalue("triton_ready")
+    root = tmp_path_factory.mktemp("byom-triton")
+    module, task, size, _, extra = CASES["transformer_lm"]
+    res = run("export", "--module", str(MODELS / module), "--task", task, "--tokenizer",
+              tokenizer_json(root / "tokenizer.json", size), *extra, "--out", root / "export")
+    assert res.exit_code == 0, res.output
+    info = load_export(root / "export")
+    want = generate_text(OrtBackend(info, "step"), info.tokenizer, ["w4 w9"], SamplingParams(max_tokens=5, seed=3))[0].text
+    s = serve_export(root / "export", root, "mine", "triton-python")
+    try:
+        assert_full_graph_served(s, "mine", root / "export", {"input_ids": np.array([[4, 9, 5]], np.int64)})
+        # generate is decoupled on tritonserver: its SSE stream (tritonserver's final response is empty)
+        assert_streams(s, "mine_generate", [{"text_input": "w4 w9", "max_tokens": 5, "seed": 3}], [want],
+                       finished=False)
+    finally:
+        assert s.stop(60) == 0
