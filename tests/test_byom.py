@@ -49,6 +49,8 @@ CASES = {
     "transformer_lm": ("transformer_lm.py:build", "causal-lm", 50, "json",
                        ["--adapter", str(MODELS / "adapter_transformer_lm.py:adapter")]),
     "transformer_mt": ("transformer_mt.py:build", "seq2seq", VOCAB_MT, "json", []),
+    "normed_gru_lm": ("normed_gru_lm.py:build", "causal-lm", 44, "vocab",
+                      ["--adapter", str(MODELS / "adapter_normed_gru_lm.py:adapter")]),
 }
 
 
@@ -233,9 +235,18 @@ def test_a_tokenizer_of_another_size_is_one_line(tmp_path):
                                   "--tokenizer", word_vocab(tmp_path / "v.txt", 41)), "41 tokens", "40")
 
 
+def test_a_module_the_automatic_adapter_cannot_read_asks_for_an_adapter(tmp_path):
+    """normed_gru_lm without its adapter: the norm before the head defeats the probe."""
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "normed_gru_lm.py:build", "--task", "causal-lm",
+                                  "--tokenizer", word_vocab(tmp_path / "v.txt", 44)), "--adapter")
+
+
 def test_a_module_that_cannot_be_rebuilt_names_it_and_the_adapter_protocol(tmp_path):
+    vocab = word_vocab(tmp_path / "v.txt", 30)
     assert_one_line_error(_export(tmp_path, "--module", MODELS / "unsupported.py:build", "--task", "causal-lm",
-                                  "--tokenizer", word_vocab(tmp_path / "v.txt", 30)), "--adapter")
+                                  "--tokenizer", vocab), "encoder.layers.0.self_attn", "add_bias_kv", "--adapter")
+    assert_one_line_error(_export(tmp_path, "--module", MODELS / "unsupported.py:build_kdim", "--task", "causal-lm",
+                                  "--tokenizer", vocab), "encoder.layers.0.self_attn", "kdim 8", "--adapter")
 
 
 @pytest.mark.slow
