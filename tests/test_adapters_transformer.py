@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from seqserve.adapters import adapt, decoder, encdec
+from seqserve.adapters import adapt
 from seqserve.adapters import layers as L
 from seqserve.errors import SeqserveError
 
@@ -162,6 +162,17 @@ def test_auto_detected_lm(batch_first, norm_first, log_probs, activation):
     ids = torch.randint(0, 40, (3, 7), generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(chain(a, ids, [2, 1, 4]), user_lm_logits(model, ids, not batch_first),
                                atol=1e-5, rtol=1e-4)
+
+
+def test_looped_blocks_with_a_final_norm_and_a_bool_mask():
+    model = user_module("transformer_lm").build_looped()
+    a = adapt(model, "causal-lm")
+    # the stock layers take a float or a bool mask alike: the first candidate that matches, float, is used
+    assert (a.decisions["norm"], a.decisions["mask"]) == ("ln_f", "float causal mask passed (-inf above the diagonal)")
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), L.explicit_masks():
+        want = model(ids, torch.ones(6, 6, dtype=torch.bool).triu(1))
+    torch.testing.assert_close(chain(a, ids, [1, 5]), want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("factory,why", [("build", r"add_bias_kv=True"), ("build_kdim", r"kdim 8 / vdim 8")])

@@ -17,6 +17,7 @@ positional-encoding module, say) needs an adapter returning DecoderPieces.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 
 import torch
@@ -55,6 +56,19 @@ def last_linear(model: nn.Module, exclude=()) -> tuple[str, nn.Linear]:
     if not found:
         raise SeqserveError(f"no nn.Linear head found outside the Transformer layers - {L.ADAPTER_HINT}")
     return found[-1]
+
+
+def embedding_candidate(tok_path: str, tok: nn.Embedding, pos_path: str | None, pos: nn.Embedding | None,
+                        scale: float):
+    """One way a forward may embed: (embed(ids, positions) -> (B, S, D), its description), e.g.
+    "embedding(ids) * sqrt(256) + pos(positions)"."""
+    def embed(ids, p):
+        x = tok(ids) * scale if scale != 1.0 else tok(ids)
+        return x + pos(p) if pos is not None else x
+
+    what = (f"{tok_path}(ids)" + (f" * sqrt({tok.embedding_dim})" if scale != 1.0 else "")
+            + (f" + {pos_path}(positions)" if pos is not None else ""))
+    return embed, what
 
 
 def causal_float_mask(S: int, like: torch.Tensor) -> torch.Tensor:
@@ -117,7 +131,8 @@ class TransformerLM(Adapted):
 
     @property
     def _names(self) -> list[tuple[str, str]]:
-        return [(f"past_key_values.{i}.{kv}", f"present.{i}.{kv}") for i in range(self.n_layers) for kv in ("key", "value")]
+        return [(f"past_key_values.{i}.{kv}", f"present.{i}.{kv}")
+                for i in range(self.n_layers) for kv in ("key", "value")]
 
     def spec(self) -> TaskSpec:
         dims = (BATCH, self.n_heads, PAST, self.head_dim)
@@ -169,14 +184,17 @@ def user_outputs(user, ids_list, batch_first: bool) -> dict[tuple[str, str], lis
     need, takes = positional_args(user.forward)
     masks = MASKS[:2] if need > 1 else MASKS if takes > 1 else MASKS[2:]
     layouts = LAYOUTS if batch_first else LAYOUTS[::-1]
-    out = {}
+    out, failed = {}, None
     for layout in layouts:
         for mask in masks:
             try:
                 with torch.no_grad():
                     out[(layout, mask)] = [call_user(user, ids, layout, mask) for ids in ids_list]
-            except Exception:        # a layout or mask the forward does not take: not this candidate
-                continue
+            except Exception as e:   # a layout or mask the forward does not take: not this candidate
+                failed = e
+    if not out:
+        raise SeqserveError(f"{type(user).__name__}.forward(ids) fails in both layouts ([B, S] and [S, B], with "
+                            f"and without a causal mask): {type(failed).__name__}: {failed}")
     return out
 
 
@@ -200,7 +218,7 @@ def call_decisions(layout: str, mask: str, log_sm: bool) -> dict:
 # --- entry points ----------------------------------------------------------------------------
 
 def find_stack(model: nn.Module):
-    """(path, layers, norm) of the one decoder-only stack, or None: an nn.TransformerEncoder, or
+    """(path, layers, candidate final norms) of the one decoder-only stack, or None: an nn.TransformerEncoder, or
     nn.TransformerEncoderLayer blocks the forward loops over. A model with an nn.Transformer or an
     nn.TransformerDecoder is an encoder-decoder's (seqserve.adapters.encdec)."""
     mods = list(model.named_modules())
@@ -212,9 +230,12 @@ def find_stack(model: nn.Module):
                             f"a decoder-only LM has one - {L.ADAPTER_HINT}")
     if stacks:
         n, enc = stacks[0]
-        return n, list(enc.layers), enc.norm
+        return n, list(enc.layers), [enc.norm]
     blocks = [(n, m) for n, m in mods if isinstance(m, nn.TransformerEncoderLayer)]
-    return (blocks[0][0].rsplit(".", 1)[0], [m for _, m in blocks], None) if blocks else None
+    if not blocks:
+        return None
+    layers = [m for _, m in blocks]       # a final norm, if any, is the last LayerNorm outside them
+    return blocks[0][0].rsplit(".", 1)[0], layers, [None, *_outside_norms(model, layers)[-1:]]
 
 
 def detect(model: nn.Module, task: str, labels=None) -> Adapted | None:
@@ -224,7 +245,7 @@ def detect(model: nn.Module, task: str, labels=None) -> Adapted | None:
     if stack is None:
         return None
     _check_task(task)
-    path, layers, norm = stack
+    path, layers, norms = stack
     for layer in layers:
         L.check_layer(layer, path_of(model, layer))
     model.eval()
@@ -240,23 +261,19 @@ def detect(model: nn.Module, task: str, labels=None) -> Adapted | None:
     ids_list = probe_ids(V)
     calls = user_outputs(model, ids_list, layers[0].self_attn.batch_first)
     tried = []
-    for pos_path, pos in [*positions, (None, None)]:
-        for scale in (1.0, math.sqrt(D)):
-            def embed(ids, p, tok=tok, pos=pos, scale=scale):
-                x = tok(ids) * scale if scale != 1.0 else tok(ids)
-                return x + pos(p) if pos is not None else x
-            pieces = DecoderPieces(embed, layers, head, norm, pos.num_embeddings if pos is not None else None)
-            what = f"{tok_path}(ids)" + (f" * sqrt({D})" if scale != 1.0 else "") + (f" + {pos_path}(positions)" if pos is not None else "")
-            tried.append(what)
-            with torch.no_grad():
-                found = match(calls, [rebuilt_full(pieces, ids) for ids in ids_list])
-            if found:
-                decisions = {"adapter": "transformer decoder-only (auto)", "embedding": what, "tokens": tok_path,
-                             "scale": scale, "positions": pos_path, **_layer_decisions(path, layers, norm, model, head_path),
-                             **call_decisions(*found)}
-                return TransformerLM(model, pieces, found[0], found[1], found[2], V, decisions)
+    for (pos_path, pos), scale, norm in itertools.product([*positions, (None, None)], (1.0, math.sqrt(D)), norms):
+        embed, what = embedding_candidate(tok_path, tok, pos_path, pos, scale)
+        pieces = DecoderPieces(embed, layers, head, norm, pos.num_embeddings if pos is not None else None)
+        tried.append(what)
+        with torch.no_grad():
+            found = match(calls, [rebuilt_full(pieces, ids) for ids in ids_list])
+        if found:
+            decisions = {"adapter": "transformer decoder-only (auto)", "embedding": what, "tokens": tok_path,
+                         "scale": scale, "positions": pos_path,
+                         **_layer_decisions(path, layers, norm, model, head_path), **call_decisions(*found)}
+            return TransformerLM(model, pieces, *found, V, decisions)
     raise SeqserveError(f"could not tell how {type(model).__name__}.forward embeds tokens: none of "
-                        f"{'; '.join(tried)} (any layout, mask or log_softmax) reproduces its output - a custom "
+                        f"{'; '.join(dict.fromkeys(tried))} (any layout, mask or log_softmax) reproduces its output - a custom "
                         f"positional-encoding module? Write an adapter (seqserve export --adapter FILE.py:NAME) "
                         f"returning DecoderPieces(embed=..., layers=..., head=...)")
 
@@ -285,6 +302,11 @@ def from_pieces(model: nn.Module, pieces: DecoderPieces, task: str, labels=None)
                  **_layer_decisions(first.rsplit(".", 1)[0], layers, pieces.norm, model, path_of(model, pieces.head)),
                  **call_decisions(*found)}
     return TransformerLM(model, pieces, *found, refs[0].shape[-1], decisions)
+
+
+def _outside_norms(model, layers) -> list[nn.LayerNorm]:
+    skip = {id(m) for e in layers for m in e.modules()}
+    return [m for m in model.modules() if isinstance(m, nn.LayerNorm) and id(m) not in skip]
 
 
 def _vocab_of(model, pieces: DecoderPieces) -> int:

@@ -27,7 +27,7 @@ from torch import nn
 
 from seqserve.adapters import FAMILY
 from seqserve.adapters import layers as L
-from seqserve.adapters.decoder import LAYOUTS, close, embeddings, last_linear, path_of
+from seqserve.adapters.decoder import LAYOUTS, close, embedding_candidate, embeddings, last_linear, path_of
 from seqserve.adapters.protocol import ATTENTION_EXPORT, Adapted, EncoderDecoderPieces
 from seqserve.errors import SeqserveError
 from seqserve.tasks.seq2seq import (LOGITS_NAME, MEMORY, NAME as SEQ2SEQ, SELF_MASK, SELF_POSITIONS, SOURCE_IDS,
@@ -267,12 +267,11 @@ def detect(model: nn.Module, task: str, labels=None) -> Adapted | None:
         for (spn, sp), (tpn, tp) in [((None, None), (None, None)), *((x, x) for x in rest),
                                      *itertools.permutations(rest, 2)]:
             for scale in (1.0, math.sqrt(D)):
-                def side(tok, pos, scale=scale):
-                    return lambda ids, p: (tok(ids) * scale if scale != 1.0 else tok(ids)) + (pos(p) if pos is not None else 0)
-                desc = {"source_embedding": f"{sn}(ids)" + (f" * sqrt({D})" if scale != 1.0 else "") + (f" + {spn}(positions)" if sp else ""),
-                        "target_embedding": f"{tn}(ids)" + (f" * sqrt({D})" if scale != 1.0 else "") + (f" + {tpn}(positions)" if tp else ""),
-                        "shared_embedding": src is tgt, "scale": scale, "head": head_path}
-                pieces = EncoderDecoderPieces(side(src, sp), side(tgt, tp), list(enc.layers), list(dec.layers), head,
+                embed_src, src_what = embedding_candidate(sn, src, spn, sp, scale)
+                embed_tgt, tgt_what = embedding_candidate(tn, tgt, tpn, tp, scale)
+                desc = {"source_embedding": src_what, "target_embedding": tgt_what, "shared_embedding": src is tgt,
+                        "scale": scale, "head": head_path}
+                pieces = EncoderDecoderPieces(embed_src, embed_tgt, list(enc.layers), list(dec.layers), head,
                                               enc.norm, dec.norm, tp.num_embeddings if tp is not None else None)
                 cands.append((desc, pieces, sp.num_embeddings if sp is not None else None))
     found = settle(model, cands, V, enc.layers[0].self_attn.batch_first, "transformer encoder-decoder (auto)")

@@ -63,7 +63,8 @@ def explicit_masks():
     causal-mask detection (the masks the caller passes are applied as given)."""
     from torch.nn.modules import transformer as stock
 
-    was_fast, detect, sdpa = torch.backends.mha.get_fastpath_enabled(), stock._detect_is_causal_mask, F.scaled_dot_product_attention
+    was_fast, detect = torch.backends.mha.get_fastpath_enabled(), stock._detect_is_causal_mask
+    sdpa = F.scaled_dot_product_attention
 
     def full_mask_sdpa(q, k, v, attn_mask=None, *args, **kwargs):
         # stock MHA turns a key padding mask into (B, nh, 1, K); ONNX Runtime's Attention wants

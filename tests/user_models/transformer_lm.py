@@ -91,3 +91,27 @@ def build_auto(vocab: int = 40, d_model: int = 32, nhead: int = 4, nlayers: int 
                **kw) -> LearnedPositionLM:
     torch.manual_seed(0)
     return LearnedPositionLM(vocab, d_model, nhead, nlayers, max_len, **kw).eval()
+
+
+class LoopedBlocksLM(nn.Module):
+    """Blocks in an nn.ModuleList the forward loops over, a final LayerNorm, a tied head, the
+    mask as a bool (True = not allowed) the caller passes."""
+
+    def __init__(self, vocab=40, d_model=32, nhead=4, nlayers=2, max_len=64):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d_model), nn.Embedding(max_len, d_model)
+        self.h = nn.ModuleList(nn.TransformerEncoderLayer(d_model, nhead, 64, 0.0, "gelu", batch_first=True,
+                                                          norm_first=True) for _ in range(nlayers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab, bias=False)
+
+    def forward(self, idx, causal_mask):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.h:
+            x = block(x, src_mask=causal_mask)
+        return self.head(self.ln_f(x))
+
+
+def build_looped() -> LoopedBlocksLM:
+    torch.manual_seed(0)
+    return LoopedBlocksLM().eval()
