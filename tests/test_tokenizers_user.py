@@ -124,6 +124,11 @@ def test_hf_stream_equals_full_decode(make, tmp_path):
     for text in CORPUS[:6]:
         ids = tok.encode(text)
         assert "".join(streamed(tok, ids)) == tok.decode(ids)
+        # continuing a prompt: prompt + the streamed rest == decoding the whole (the space between)
+        k = len(ids) // 2
+        dec = tok.stream_decoder(ids[:k])
+        rest = "".join(dec.feed([i]) for i in ids[k:]) + dec.feed([], final=True)
+        assert tok.decode(ids[:k]) + rest == tok.decode(ids)
 
 
 def test_hf_specials_defaults_and_lookup(tmp_path):
@@ -285,6 +290,8 @@ def test_generation_and_beams_without_eos(tmp_path):
     be = ToyLM(tok.vocab_size)
     out = generate_text(be, tok, ["a b"], SamplingParams(max_tokens=6, greedy=True))[0]
     assert out.finish_reason == "length" and len(out.tokens) == 6
-    assert out.text == tok.decode(out.tokens)
+    # the text continues the prompt: the first new word gets its space, as decoding the whole would
+    assert "a b" + out.text == tok.decode(tok.encode("a b") + out.tokens)
+    assert out.text == " " + tok.decode(out.tokens)
     hyps = beam_texts(be, tok, ["a"], BeamParams(beams=2, max_tokens=4))[0]
     assert hyps and all(h.finish_reason == "length" and len(h.tokens) == 4 for h in hyps)

@@ -55,7 +55,8 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self.stream_decoder().feed(ids, final=True)
 
-    def stream_decoder(self) -> "StreamDecoder":
+    def stream_decoder(self, after=()) -> "StreamDecoder":
+        """after: ids the stream continues (a prompt); characters and bytes need no context."""
         return StreamDecoder(self)
 
     def check_ids(self, ids) -> None:

@@ -86,8 +86,9 @@ class _UserTokenizer:
     def decode(self, ids) -> str:
         return self.stream_decoder().feed(ids, final=True)
 
-    def stream_decoder(self):
-        return self._stream(self)
+    def stream_decoder(self, after=()):
+        """after: the ids this stream continues (a prompt): the first new word gets its space."""
+        return self._stream(self, after)
 
     def check_ids(self, ids) -> None:
         bad = [i for i in ids if not 0 <= int(i) < self.vocab_size]
@@ -161,8 +162,9 @@ class WordTokenizer(_VocabTokenizer):
 class _WordStream:
     """' word' per token (no space before the first word shown); special tokens print nothing."""
 
-    def __init__(self, tok: WordTokenizer):
-        self.tok, self.started = tok, False
+    def __init__(self, tok: WordTokenizer, after=()):
+        self.tok = tok
+        self.started = any(int(i) not in tok.special_ids and 0 <= int(i) < len(tok.tokens) for i in after)
 
     def feed(self, ids, final: bool = False) -> str:
         out = []
@@ -252,8 +254,10 @@ class _HFStream:
     """Decodes all ids so far and shows what is new; text ending in U+FFFD (a character whose
     bytes have not all arrived) is held back until more ids come or the stream ends."""
 
-    def __init__(self, tok: HFTokenizer):
-        self.tok, self.ids, self.shown = tok, [], 0
+    def __init__(self, tok: HFTokenizer, after=()):
+        # decode the prompt with the new ids, show only the new part: spaces come out right
+        self.tok, self.ids = tok, [int(i) for i in after if 0 <= int(i) < tok.vocab_size]
+        self.shown = len(tok.text(self.ids))
 
     def feed(self, ids, final: bool = False) -> str:
         self.ids += [int(i) for i in ids if 0 <= int(i) < self.tok.vocab_size]

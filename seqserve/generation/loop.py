@@ -86,6 +86,8 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_tokens: int, max_conte
                    bos: bool = False) -> list[list[int]]:
     """Token ids of every prompt (<bos> first if asked), each checked: not empty, and room in the
     model's context for max_tokens more. Any generation (sampled, beams) starts here."""
+    if bos and tokenizer.bos_id is None:
+        raise SeqserveError("this model's sequences start from a begin token, and the tokenizer has none")
     encoded = [([tokenizer.bos_id] if bos else []) + tokenizer.encode(p) for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
@@ -121,7 +123,7 @@ def _decode(backend, tokenizer, encoded: list[list[int]], params: SamplingParams
     firsts = [prefill(backend, ids, starts[i] if starts else None) for i, ids in enumerate(encoded)]
     logits = np.concatenate([f[0] for f in firsts])
     state = DecodeState.merge([f[1] for f in firsts], backend)
-    texts = [SequenceText(tokenizer, params) for _ in encoded]
+    texts = [SequenceText(tokenizer, params, ids) for ids in encoded]
     rows = list(range(len(encoded)))          # prompt index of each batch row
     while True:
         nxt = sample_next(logits, params, [rngs[i] for i in rows])
@@ -157,10 +159,12 @@ class SequenceText:
     Shared by this loop and the server's generation scheduler, so both stop the same way.
     """
 
-    def __init__(self, tokenizer, params: SamplingParams):
+    def __init__(self, tokenizer, params: SamplingParams, after=()):
+        """after: the ids the sequence continues (its prompt), so that a word-level or subword
+        tokenizer puts the right space before the first new word."""
         self.params = params
         self.eos_id = tokenizer.eos_id
-        self.stream = _TextStream(tokenizer, params.stop)
+        self.stream = _TextStream(tokenizer, params.stop, after)
         self.count = 0
 
     def push(self, token: int) -> tuple[str, str | None]:
@@ -179,8 +183,8 @@ class SequenceText:
 class _TextStream:
     """Per-sequence text: decodes tokens incrementally and holds back a possible stop string."""
 
-    def __init__(self, tokenizer, stop: tuple[str, ...]):
-        self.decoder = tokenizer.stream_decoder()
+    def __init__(self, tokenizer, stop: tuple[str, ...], after=()):
+        self.decoder = tokenizer.stream_decoder(after)
         self.stop = stop
         self.text = ""      # decoded so far
         self.shown = 0      # characters of self.text already emitted

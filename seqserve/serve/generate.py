@@ -143,7 +143,7 @@ class GenerateModel(ServedModelBase):
             raise ServeError(400, f"text_input has {len(ids)} tokens; with max_tokens {params.max_tokens} it exceeds "
                                   f"model '{self.name}''s context of {self.max_context} positions")
         rng = np.random.default_rng(None if params.seed is None else (params.seed, 0))
-        return _Stream(ids, params, SequenceText(self.tokenizer, params), rng, asyncio.get_running_loop(),
+        return _Stream(ids, params, SequenceText(self.tokenizer, params, ids), rng, asyncio.get_running_loop(),
                        asyncio.Queue(), now_ns(), once_inputs=once_inputs)
 
     def _beams(self, req: InferRequest, params: SamplingParams):
