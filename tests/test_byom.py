@@ -122,9 +122,18 @@ def test_validate_fails_when_the_module_computes_something_else(brought, tmp_pat
 def test_packaged_and_served_tritonclient_gets_what_onnx_runtime_gives(brought, tmp_path_factory):
     import tritonclient.http as th
 
+    from seqserve.loadtest import make_config, run_loadtest
+
     name, export, _ = brought
     task = CASES[name][1]
     with serve_export(export, tmp_path_factory.mktemp(f"serve-{name}"), "mine") as server:
+        # seqserve loadtest drives it unchanged (generate: prompts through the user's tokenizer;
+        # classify: infer with synthesized token ids)
+        model, workload = ("mine", "infer") if task == "classify" else ("mine_generate", "generate")
+        res = run_loadtest(make_config(server.http_url, model, metrics_url=server.metrics_url, workload=workload,
+                                       concurrency="2", max_tokens=4, duration="0.6s", warmup="0.1s"))
+        level = res["levels"][0]
+        assert level["ok"] > 0 and level["errors"] == 0, level["error_kinds"]
         ids = np.array([[4, 9, 5, 7, 6]], np.int64)
         if task == "causal-lm":
             assert_full_graph_served(server, "mine", export, {"input_ids": ids})
@@ -273,3 +282,24 @@ def test_tritonserver_python_backend_serves_a_brought_model_with_its_tokenizer(t
                        finished=False)
     finally:
         assert s.stop(60) == 0
+
+
+def test_the_python_entry_point_exports_a_module_object_and_validate_needs_its_factory(tmp_path):
+    """seqserve.export_module(model, ...) with no source recorded: validate says to pass --module,
+    and with it passes."""
+    import importlib.util
+
+    import seqserve
+    from seqserve.validate import ValidateConfig, validate_export
+
+    spec = importlib.util.spec_from_file_location("u_gru", MODELS / "normed_gru_lm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    info = seqserve.export_module(mod.build(), tmp_path / "out", task="causal-lm",
+                                  tokenizer=word_vocab(tmp_path / "v.txt", 44),
+                                  adapter=str(MODELS / "adapter_normed_gru_lm.py:adapter"))
+    assert info.task == "causal-lm" and "module" not in info.raw["source"]
+    report = validate_export(info.path)
+    assert not report.passed
+    assert any("--module" in r.detail for r in report.checks if not r.passed)
+    assert validate_export(info.path, ValidateConfig(module=f"{MODELS / 'normed_gru_lm.py'}:build")).passed
