@@ -163,4 +163,15 @@ def test_served_beams_equal_local_beam_search(served_repo, exported, tmp_path, f
             status, _, data = s.request("POST", f"/v2/models/{family}_generate/generate",
                                         {"text_input": "def ", "parameters": {"beams": bad}})
             assert status == 400 and b"beams" in data, (bad, status, data)
+        # length_penalty ranks the hypotheses as the CLI's --length-penalty does
+        for lp in (0.0, 2.0):
+            want = beam_texts(make_backend(info, "ort"), info.tokenizer, ["def "],
+                              BeamParams(beams=3, max_tokens=10, length_penalty=lp))[0][0]
+            status, _, data = s.request("POST", f"/v2/models/{family}_generate/generate",
+                                        {"text_input": "def ", "max_tokens": 10, "beams": 3, "length_penalty": lp})
+            assert status == 200 and json.loads(data)["text_output"] == want.text, data
+        for body, word in (({"text_input": "def ", "beams": 3, "length_penalty": -1}, b"length_penalty"),
+                           ({"text_input": "def ", "length_penalty": 1.0}, b"beams > 1")):
+            status, _, data = s.request("POST", f"/v2/models/{family}_generate/generate", body)
+            assert status == 400 and word in data, (body, status, data)
         assert s.request("GET", "/v2/health/ready")[0] == 200

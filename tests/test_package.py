@@ -112,7 +112,8 @@ def test_config_contents(exported, family):
         ("text_input", mc.TYPE_STRING, [1], False), ("max_tokens", mc.TYPE_INT32, [1], True),
         ("temperature", mc.TYPE_FP32, [1], True), ("top_k", mc.TYPE_INT32, [1], True),
         ("top_p", mc.TYPE_FP32, [1], True), ("seed", mc.TYPE_UINT64, [1], True),
-        ("stop", mc.TYPE_STRING, [-1], True), ("beams", mc.TYPE_INT32, [1], True)]
+        ("stop", mc.TYPE_STRING, [-1], True), ("beams", mc.TYPE_INT32, [1], True),
+        ("length_penalty", mc.TYPE_FP32, [1], True)]
     assert [(t.name, t.data_type) for t in gen.output] == [("text_output", mc.TYPE_STRING),
                                                            ("finish_reason", mc.TYPE_STRING)]
     assert gen.parameters["seqserve.kind"].string_value == "generate"

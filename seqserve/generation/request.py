@@ -23,9 +23,11 @@ FIELDS = (
     Field("max_tokens", "INT32", (1,)), Field("temperature", "FP32", (1,)), Field("top_k", "INT32", (1,)),
     Field("top_p", "FP32", (1,)), Field("seed", "UINT64", (1,)), Field("stop", "BYTES", (-1,)),
     Field("beams", "INT32", (1,)),      # > 1: beam search, the best hypothesis as one final response
+    Field("length_penalty", "FP32", (1,)),   # with beams: rank by sum(log p) / length ** length_penalty
 )
+BEAM_FIELDS = ("beams", "length_penalty")   # BeamParams', not SamplingParams'
 BY_NAME = {f.name: f for f in FIELDS}
 
 # The numeric sampling fields and the Python type SamplingParams takes (beams: BeamParams).
 SAMPLING_NUMBERS = {f.name: float if f.datatype.startswith("FP") else int
-                    for f in FIELDS if f.datatype != "BYTES" and f.name != "beams"}
+                    for f in FIELDS if f.datatype != "BYTES" and f.name not in BEAM_FIELDS}

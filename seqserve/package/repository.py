@@ -439,13 +439,15 @@ def _check_version(version) -> int:
 
 
 def _signature(cfg: ModelConfig) -> dict[str, list[str]]:
-    """What a client depends on: tensor names, types, dims (and the kind of model)."""
+    """What a client depends on: tensor names, types, dims (and the kind of model). Optional
+    inputs are not part of it: a version that adds one (a new generation field) still serves
+    every client of the old."""
     def t(x) -> str:
         return f"{x.name} {type_name(x.data_type)} {list(x.dims)}"
 
     return {"kind": [cfg.parameters["seqserve.kind"].string_value if "seqserve.kind" in cfg.parameters else ""],
             "target": [target_of(cfg)],
-            "inputs": [t(x) for x in cfg.input], "outputs": [t(x) for x in cfg.output],
+            "inputs": [t(x) for x in cfg.input if not x.optional], "outputs": [t(x) for x in cfg.output],
             "state": [f"{s.input_name}->{s.output_name} {type_name(s.data_type)} {list(s.dims)}"
                       for s in cfg.sequence_batching.state]}
 

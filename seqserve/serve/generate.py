@@ -150,16 +150,25 @@ class GenerateModel(ServedModelBase):
         """BeamParams when the request asks for `beams` > 1 (input tensor or parameter), else None."""
         from seqserve.generation.beam import MAX_BEAMS, BeamParams
 
-        raw = req.inputs["beams"].reshape(-1) if "beams" in req.inputs else req.parameters.get("beams")
-        if raw is None:
+        def field(name):            # an input tensor of one value, or a request parameter
+            raw = req.inputs[name].reshape(-1) if name in req.inputs else req.parameters.get(name)
+            return raw[0].item() if isinstance(raw, np.ndarray) and raw.size == 1 else raw
+
+        beams, penalty = field("beams"), field("length_penalty")
+        if beams is None:
+            if penalty is not None:
+                raise ServeError(400, "length_penalty applies to beam search; give beams > 1 with it")
             return None
         try:
-            beams = raw[0].item() if isinstance(raw, np.ndarray) and raw.size == 1 else raw
             if isinstance(beams, bool) or int(beams) != beams:
                 raise ValueError
-            bp = BeamParams(beams=int(beams), max_tokens=params.max_tokens, stop_at_eos=params.stop_at_eos)
         except (TypeError, ValueError, OverflowError):
-            raise ServeError(400, f"beams must be one whole number in 1..{MAX_BEAMS}; got {raw!r}") from None
+            raise ServeError(400, f"beams must be one whole number in 1..{MAX_BEAMS}; got {beams!r}") from None
+        try:
+            extra = {} if penalty is None else {"length_penalty": float(penalty)}
+            bp = BeamParams(beams=int(beams), max_tokens=params.max_tokens, stop_at_eos=params.stop_at_eos, **extra)
+        except (TypeError, ValueError):
+            raise ServeError(400, f"length_penalty must be a number >= 0; got {penalty!r}") from None
         except SeqserveError as e:
             raise ServeError(400, str(e)) from None
         return bp if bp.beams > 1 else None
