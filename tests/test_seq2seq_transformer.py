@@ -273,3 +273,14 @@ def test_gate_fails_a_step_graph_that_differs_and_names_where(export, tmp_path):
     vs = report.rows("torch_vs_ort")
     assert all(r.passed for r in vs if r.graph in ("encoder", "full"))
     assert any(not r.passed for r in vs if r.graph == "step")
+
+
+def test_loadtest_drives_the_transformer_generate_with_valid_sources(served):
+    """seqserve loadtest synthesizes sources from the config's source characters and length."""
+    from seqserve.loadtest import make_config, run_loadtest
+
+    res = run_loadtest(make_config(served.http_url, "tx_generate", metrics_url=served.metrics_url, workload="generate",
+                                   concurrency="2", max_tokens=6, duration="1s", warmup="0.2s"))
+    lv = res["levels"][0]
+    assert lv["ok"] > 0 and lv["errors"] == 0, lv["error_kinds"]
+    assert lv["streaming"]["tokens_per_request"]["mean"] >= 1
