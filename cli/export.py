@@ -17,6 +17,8 @@ def command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (replaced atomically; a failed export leaves the old one).")] = ...,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset. Default: 23 for attention models (native Attention op), 17 for recurrent.")] = None,
     exporter: Annotated[Optional[str], typer.Option(help="dynamo or torchscript. Default per model kind (see DESIGN.md).")] = None,
+    kv_cache: Annotated[str, typer.Option("--kv-cache", help="gpt: concat (the cache grows each step) or static[:N] "
+                                          "(an in-place buffer of N positions, default max_seq_len; DESIGN.md).")] = "concat",
     module: Annotated[Optional[str], typer.Option(
         help="FILE.py:FACTORY: your own nn.Module (the factory returns it, weights loaded or see --weights).",
         rich_help_panel=_BROUGHT)] = None,
@@ -48,7 +50,7 @@ def command(
     from seqserve.errors import SeqserveError
     from seqserve.export import ExportOptions
 
-    options = ExportOptions(opset=opset, exporter=exporter)
+    options = ExportOptions(opset=opset, exporter=exporter, kv_cache=kv_cache)
     brought = {"--weights": weights, "--task": task, "--tokenizer": tokenizer, "--tokenizer-level": tokenizer_level,
                "--adapter": adapter, "--labels": labels, "--pad-token": pad_token, "--bos-token": bos_token,
                "--eos-token": eos_token, "--unk-token": unk_token}

@@ -15,13 +15,17 @@ from seqserve.checkpoint import load_checkpoint
 from seqserve.errors import SeqserveError
 from seqserve.export.onnx_graphs import DEFAULTS, RECURRENT_DEFAULT, conform_dims, export_graph
 from seqserve.export.sidecar import FORMAT, SIDECAR, ExportInfo, load_export
+from seqserve.export.static_cache import parse_kv_cache, rewrite_static_cache
 from seqserve.io import atomic_dir, write_json
+from seqserve.tasks.causal_lm import in_place_spec
+from seqserve.tasks.spec import STEP
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     opset: int | None = None        # None: the family's default (gpt 23, recurrent 17)
     exporter: str | None = None     # "dynamo" | "torchscript"; None: the family's default
+    kv_cache: str = "concat"        # "concat" | "static[:N]": gpt step graph on an in-place buffer (static_cache.py)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
@@ -55,6 +59,8 @@ def export_model(model, out: str | Path, tokenizer, family: str, fields: dict, s
     exporter, opset = getattr(model, "export_with", None) or DEFAULTS.get(family, RECURRENT_DEFAULT)
     exporter, opset = options.exporter or exporter, options.opset or opset
     spec = model.spec()
+    kv_length = parse_kv_cache(options.kv_cache, spec)
+    exported = in_place_spec(spec, kv_length) if kv_length else spec    # what the files and sidecar are
     with atomic_dir(out, SIDECAR) as tmp:
         for graph in spec.graphs.values():
             if progress:
@@ -69,18 +75,26 @@ def export_model(model, out: str | Path, tokenizer, family: str, fields: dict, s
                 first = text.splitlines()[0] if text else type(e).__name__
                 raise SeqserveError(f"exporting the {graph.name} graph with the {exporter} exporter "
                                     f"failed: {first} (try --exporter / --opset)") from None
-            conform_dims(path, graph)
+            if kv_length and graph.runs == STEP:
+                if progress:
+                    progress(f"rewriting the {graph.name} graph for an in-place KV cache of {kv_length} positions")
+                try:
+                    rewrite_static_cache(path, graph, exported.graph(graph.name), kv_length)
+                except ValueError as e:
+                    raise SeqserveError(f"--kv-cache static: {e}") from None
+            conform_dims(path, exported.graph(graph.name))
             onnx.checker.check_model(str(path), full_check=True)
         ship(tmp)
         write_json(tmp / SIDECAR, {
             "format": FORMAT,
             "task": spec.task,
             "family": family,
-            "spec": spec.to_json(),
+            "spec": exported.to_json(),
             "tokenizer": tokenizer.to_json(),
             "special_tokens": {"pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
             "graphs": {name: f"{name}.onnx" for name in spec.graphs},
-            "export_options": {"exporter": exporter, "opset": opset},
+            "export_options": {"exporter": exporter, "opset": opset,
+                               **({"kv_cache": f"static:{kv_length}"} if kv_length else {})},
             "versions": {"seqserve": seqserve.__version__, **_versions("torch", "onnx", "onnxscript")},
             **fields,
         })

@@ -44,7 +44,9 @@ class ExportInfo:
 
     @property
     def max_context(self) -> int | None:
-        return self.spec.extra.get("max_seq_len")
+        # a static KV cache holds at most kv_cache_length positions (export --kv-cache static:N)
+        lengths = [n for n in (self.spec.extra.get("max_seq_len"), self.spec.extra.get("kv_cache_length")) if n]
+        return min(lengths) if lengths else None
 
 
 def load_export(path: str | Path, graphs: tuple[str, ...] | None = None) -> ExportInfo:

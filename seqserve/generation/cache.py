@@ -62,6 +62,7 @@ class DecodeState:
             feeds.update(self.fixed)
         if self.mask is not None:
             feeds[names[MASK]] = np.concatenate([self.mask, np.ones((B, S), np.int64)], axis=1)
+        if names[POSITIONS] is not None:   # an in-place cache takes positions alone (its lengths)
             feeds[names[POSITIONS]] = (self.positions[:, None] if S == 1
                                        else self.positions[:, None] + np.arange(S, dtype=np.int64))
         return feeds

@@ -15,12 +15,21 @@ def make_backend(export_info, backend: str = "ort", graph: str = "step",
     from seqserve.errors import SeqserveError
 
     if backend == "ort":
-        return OrtBackend(export_info, graph, options)
+        return ort_backend(export_info, graph, options)
     if backend == "torch":
         from seqserve.runtime.torch_backend import TorchBackend
 
         return TorchBackend.from_export(export_info, graph, options.device)
     raise SeqserveError(f"unknown backend {backend!r}; expected ort or torch")
+
+
+def ort_backend(export_info, graph: str = "step", options: RuntimeOptions = RuntimeOptions()):
+    """OrtBackend, or StaticOrtBackend for a graph whose KV cache is updated in place."""
+    if any(p.in_place for p in export_info.graph(graph).state):
+        from seqserve.runtime.static_ort import StaticOrtBackend
+
+        return StaticOrtBackend(export_info, graph, options)
+    return OrtBackend(export_info, graph, options)
 
 
 def make_chain(export_info, backend: str = "ort", options: RuntimeOptions = RuntimeOptions()):
@@ -34,4 +43,4 @@ def make_chain(export_info, backend: str = "ort", options: RuntimeOptions = Runt
     return step, Chain(once, bool(spec.io.get("bos")))
 
 
-__all__ = ["OrtBackend", "RuntimeOptions", "create_session", "make_backend", "make_chain"]
+__all__ = ["OrtBackend", "RuntimeOptions", "create_session", "make_backend", "make_chain", "ort_backend"]

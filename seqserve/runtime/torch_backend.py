@@ -13,14 +13,16 @@ from seqserve.tasks.spec import GraphSpec
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, graph: str = "step", device: str = "cpu"):
+    def __init__(self, model, graph: str = "step", device: str = "cpu", task=None):
+        """task: the export's TaskSpec when it lays the graph out differently from model.spec()
+        (an in-place KV cache: tasks/causal_lm.in_place_spec); default the model's own."""
         if device not in ("cpu", "cuda"):
             raise SeqserveError(f"unknown device {device!r}; expected cpu or cuda")
         if device == "cuda" and not torch.cuda.is_available():
             raise SeqserveError("--device cuda was asked for but this torch build sees no CUDA GPU")
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.task = model.spec()
+        self.task = task or model.spec()
         self.spec: GraphSpec = self.task.graph(graph)
 
     @torch.inference_mode()
@@ -38,4 +40,5 @@ class TorchBackend:
     def from_export(cls, export_info, graph: str = "step", device: str = "cpu") -> "TorchBackend":
         from seqserve.export.torch_model import load_torch_model
 
-        return cls(load_torch_model(export_info), graph, device)
+        static = export_info.spec.extra.get("kv_cache") == "static"
+        return cls(load_torch_model(export_info), graph, device, export_info.spec if static else None)

@@ -74,6 +74,10 @@ class StatePair:
     input: str                   # e.g. "past_key_values.0.key" / "past_hidden"
     output: str                  # e.g. "present.0.key" / "present_hidden"
     seq_axis: int | None = None  # axis that grows by S each step (KV cache); None: fixed size
+    # A preallocated buffer (static size along seq_axis: the task's extra["kv_cache_length"]) that
+    # the graph updates in place: bind the SAME memory as input and output. Row b holds its tokens
+    # at 0 .. length_b - 1 (no padding), length_b = position_ids[b, 0]; the rest is never read.
+    in_place: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,8 @@ class TaskSpec:
                 "graphs": {n: {"name": g.name, "runs": g.runs,
                                "inputs": [tensor(t) for t in g.inputs],
                                "outputs": [tensor(t) for t in g.outputs],
-                               "state": [{"input": p.input, "output": p.output, "seq_axis": p.seq_axis}
+                               "state": [{"input": p.input, "output": p.output, "seq_axis": p.seq_axis,
+                                          **({"in_place": True} if p.in_place else {})}
                                          for p in g.state]}
                            for n, g in self.graphs.items()}}
 
@@ -273,6 +278,7 @@ def example_inputs(graph: GraphSpec, sizes: dict[str, int], rng, vocab: int | No
             raise ValueError(f"graph {graph.name!r} has token ids but no logits to size them by; pass vocab")
         vocab = graph.role(LOGITS).dims[-1]
     past = sizes.get(PAST, 0)
+    in_place = {p.input: p.seq_axis for p in graph.state if p.in_place}
     feeds = {}
     for t in graph.inputs:
         shape = resolve_dims(t, sizes)
@@ -284,4 +290,8 @@ def example_inputs(graph: GraphSpec, sizes: dict[str, int], rng, vocab: int | No
             feeds[t.name] = np.broadcast_to(np.arange(past, past + shape[1], dtype=np.int64), shape).copy()
         else:
             feeds[t.name] = (0.5 * rng.standard_normal(shape)).astype(t.dtype)
+            if t.name in in_place:           # an in-place buffer holds `past` tokens, zeros after them
+                idx = [slice(None)] * len(shape)
+                idx[in_place[t.name]] = slice(past, None)
+                feeds[t.name][tuple(idx)] = 0
     return feeds

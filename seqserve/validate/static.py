@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx
 
+from seqserve.tasks.causal_lm import as_exported
 from seqserve.tasks.signature import signature_problems
 from seqserve.tasks.spec import LOGITS, GraphSpec
 from seqserve.validate.results import CheckResult
@@ -112,7 +113,7 @@ def against_torch_side(t: Target, graph: str) -> list[CheckResult]:
         from seqserve.checkpoint import load_checkpoint
 
         ckpt_tok = Tokenizer.from_json(json.loads((info.checkpoint_path / "tokenizer.json").read_text()))
-        same_spec = load_checkpoint(info.checkpoint_path).model.spec() == info.spec
+        same_spec = as_exported(load_checkpoint(info.checkpoint_path).model.spec(), info.spec) == info.spec
         return [CheckResult("sidecar", graph, "tokenizer == checkpoint/tokenizer.json", ckpt_tok == info.tokenizer,
                             detail="identical" if ckpt_tok == info.tokenizer else
                             f"sidecar has {info.tokenizer.vocab_size} ids, the checkpoint {ckpt_tok.vocab_size}"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from seqserve.errors import SeqserveError
+from seqserve.tasks.causal_lm import as_exported
 from seqserve.validate.results import CheckResult, ValidateConfig
 
 
@@ -43,10 +44,10 @@ class Target:
         if graph in self.broken:
             raise Unusable(f"skipped: {self.broken[graph]}")
         if graph not in self._ort:
-            from seqserve.runtime import OrtBackend
+            from seqserve.runtime import ort_backend
 
             try:
-                self._ort[graph] = OrtBackend(self.info, graph)
+                self._ort[graph] = ort_backend(self.info, graph)
             except SeqserveError as e:
                 self.broken[graph] = str(e)
                 raise Unusable(str(e)) from None
@@ -66,12 +67,12 @@ class Target:
             except SeqserveError as e:
                 self.broken["torch"] = f"{what} cannot be loaded: {e}"
                 raise Unusable(self.broken["torch"]) from None
-            if model.spec() != self.info.spec:
+            if as_exported(model.spec(), self.info.spec) != self.info.spec:
                 # Comparing against a different model would only produce confusing diffs.
                 self.broken["torch"] = f"{what}'s spec differs from the export's seqserve.json"
                 raise Unusable(self.broken["torch"])
             self._model = model
-        return TorchBackend(self._model, graph)
+        return TorchBackend(self._model, graph, task=self.info.spec)
 
 
 def guarded(check: str, graph: str, case: str, fn) -> list[CheckResult]:
