@@ -303,3 +303,24 @@ def test_the_python_entry_point_exports_a_module_object_and_validate_needs_its_f
     assert not report.passed
     assert any("--module" in r.detail for r in report.checks if not r.passed)
     assert validate_export(info.path, ValidateConfig(module=f"{MODELS / 'normed_gru_lm.py'}:build")).passed
+
+
+def test_generate_with_the_torch_backend_runs_the_users_module(brought):
+    """`seqserve generate --backend torch` on a brought export re-imports the user's module and
+    gives the tokens ONNX Runtime gives (greedy, and 4 beams); `seqserve classify` likewise."""
+    name, export, _ = brought
+    task = CASES[name][1]
+    prompt = "w4 w9 w5"
+    if task == "classify":       # nothing to generate: `seqserve classify` runs the user's module
+        got = [run("classify", export, "--text", prompt, "--backend", b) for b in ("ort", "torch")]
+        assert all(r.exit_code == 0 for r in got) and got[0].output == got[1].output, got[0].output
+        assert any(label in got[0].output for label in ("neg", "neu", "pos"))
+        return
+    outs = {}
+    for backend in ("ort", "torch"):
+        for mode in (["--greedy"], ["--beams", "4"]):
+            res = run("generate", export, "--prompt", prompt, "--max-tokens", "6", "--backend", backend, *mode)
+            assert res.exit_code == 0, res.output
+            outs[backend, mode[0]] = res.output
+    assert outs["ort", "--greedy"] == outs["torch", "--greedy"]
+    assert outs["ort", "--beams"] == outs["torch", "--beams"]
