@@ -110,3 +110,11 @@ def test_kv_cache_option_errors(checkpoint):
             parse_kv_cache(bad, gpt)
     with pytest.raises(SeqserveError, match="KV-cache"):
         parse_kv_cache("static", build_model("lstm", make_config("lstm", "tiny", 20)).spec())
+
+
+def test_package_refuses_a_static_export(static_export, tmp_path):
+    from seqserve.package.repository import package_export
+
+    with pytest.raises(SeqserveError, match="--kv-cache concat"):
+        package_export(static_export.path, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()

@@ -239,6 +239,11 @@ def load_resolved(model_dir: str | Path, version: int, folder: Path | None = Non
 def package_export(export_dir: str | Path, repository: str | Path, name: str | None = None,
                    version: int | None = None, options: PackageOptions = PackageOptions()) -> list[PackagedModel]:
     info = load_export(export_dir)
+    if info.spec.extra.get("kv_cache") == "static":
+        # The servers feed state as the concat graph takes it (NAME_step, Triton implicit state);
+        # an in-place slot pool is issue 13 target 2. GQA has no fp32 CUDA kernel (DESIGN.md).
+        raise SeqserveError(f"{info.path} was exported with --kv-cache static (an in-place KV cache), which the "
+                            "servers do not run yet; package an export made with --kv-cache concat")
     name = info.family if name is None else name
     repository = Path(repository)
     if repository.exists() and not repository.is_dir():
