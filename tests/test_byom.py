@@ -41,6 +41,19 @@ def tokenizer_json(path: Path, size: int) -> Path:
     return path
 
 
+def generate_inputs(text: str, max_tokens: int, seed: int) -> list:
+    """tritonclient inputs of a NAME_generate request: the text, max_tokens and a sampling seed."""
+    import tritonclient.http as th
+
+    inputs = []
+    for key, value, dtype in (("text_input", np.array([text.encode()], dtype=object), "BYTES"),
+                              ("max_tokens", np.array([max_tokens], np.int32), "INT32"),
+                              ("seed", np.array([seed], np.uint64), "UINT64")):
+        inputs.append(th.InferInput(key, [1], dtype))
+        inputs[-1].set_data_from_numpy(value)
+    return inputs
+
+
 # name -> (module, task, vocabulary size, tokenizer kind, extra export options)
 CASES = {
     "lstm_lm": ("lstm_lm.py:build", "causal-lm", 40, "vocab", []),
@@ -147,13 +160,7 @@ def test_packaged_and_served_tritonclient_gets_what_onnx_runtime_gives(brought, 
             want = generate_text(OrtBackend(info, "step"), info.tokenizer, ["w4 w9"],
                                  SamplingParams(max_tokens=5, seed=3))[0].text
             client = th.InferenceServerClient(server.http_address)
-            inputs = []
-            for key, value, dtype in (("text_input", np.array([b"w4 w9"], dtype=object), "BYTES"),
-                                      ("max_tokens", np.array([5], np.int32), "INT32"),
-                                      ("seed", np.array([3], np.uint64), "UINT64")):
-                inputs.append(th.InferInput(key, [1], dtype))
-                inputs[-1].set_data_from_numpy(value)
-            out = client.infer("mine_generate", inputs).as_numpy("text_output")
+            out = client.infer("mine_generate", generate_inputs("w4 w9", 5, 3)).as_numpy("text_output")
             assert out.reshape(-1)[0].decode() == want
         elif task == "seq2seq":
             from seqserve.export import load_export
@@ -168,13 +175,8 @@ def test_packaged_and_served_tritonclient_gets_what_onnx_runtime_gives(brought, 
             want = "".join(ev.text for ev in seq2seq.generate_targets(
                 chain.once[0], step, info.spec, info.tokenizer, ["w4 w9 w5"], SamplingParams(max_tokens=6, seed=3)))
             client = th.InferenceServerClient(server.http_address)
-            inputs = []
-            for key, value, dtype in (("text_input", np.array([b"w4 w9 w5"], dtype=object), "BYTES"),
-                                      ("max_tokens", np.array([6], np.int32), "INT32"),
-                                      ("seed", np.array([3], np.uint64), "UINT64")):
-                inputs.append(th.InferInput(key, [1], dtype))
-                inputs[-1].set_data_from_numpy(value)
-            assert client.infer("mine_generate", inputs).as_numpy("text_output").reshape(-1)[0].decode() == want
+            got = client.infer("mine_generate", generate_inputs("w4 w9 w5", 6, 3)).as_numpy("text_output")
+            assert got.reshape(-1)[0].decode() == want
         else:
             from seqserve.export import load_export
             from seqserve.runtime import OrtBackend

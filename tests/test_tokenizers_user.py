@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from tokenizers import Tokenizer as Library
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -257,28 +256,7 @@ def test_from_json_errors_and_old_layouts_unchanged():
 
 # --- generation without an <eos> -----------------------------------------------------------------
 
-class ToyLM:
-    """Fixed random next-token logits per (last token, position), as in test_beam."""
-
-    name = "toy"
-
-    def __init__(self, vocab: int):
-        from seqserve.tasks.causal_lm import causal_lm_spec
-
-        self.spec = causal_lm_spec("toy", vocab, [("past_h", "present_h", ("batch", 1, 1), None)], {}).step
-        self.table = np.random.default_rng(0).normal(size=(vocab, 32, vocab)) * 2
-
-    def run(self, feeds):
-        ids, h = feeds["input_ids"], feeds["past_h"]
-        pos = h[:, 0, 0].astype(int)
-        logits = np.stack([self.table[ids[:, s], pos + s] for s in range(ids.shape[1])], axis=1)
-        return {"logits": logits.astype(np.float32), "present_h": (h + ids.shape[1]).astype(np.float32)}
-
-    def to_host(self, v):
-        return v
-
-    def from_host(self, a):
-        return a
+from test_beam import ToyLM  # noqa: E402 - fixed random logits per (last token, position)
 
 
 def test_generation_and_beams_without_eos(tmp_path):
