@@ -31,8 +31,15 @@ COMMANDS = {
     "loadtest": "cli.loadtest",
 }
 
+# name -> module holding `app`, a group of subcommands (seqserve deploy kubernetes).
+GROUPS = {
+    "deploy": "cli.deploy",
+}
+
 for _name, _module in COMMANDS.items():
     app.command(_name)(handle_errors(importlib.import_module(_module).command))
+for _name, _module in GROUPS.items():
+    app.add_typer(importlib.import_module(_module).app, name=_name)
 
 
 def main() -> None:

@@ -93,7 +93,8 @@ python - <<'EOF'
 import numpy as np, tritonclient.http as httpclient
 c = httpclient.InferenceServerClient("127.0.0.1:{http}")
 x = httpclient.InferInput("input_ids", [1, 1], "INT64"); x.set_data_from_numpy(np.array([[10]]))
-r = c.infer("{f}_step", [x], sequence_id=7, sequence_start=True)   # the server keeps the state
+r = c.infer("{f}_step", [x], sequence_id=7, sequence_start=True,    # the server keeps the state
+            headers={{"x-sequence-id": "7"}})                          # a proxy routes on this
 print(r.as_numpy("logits").shape)
 EOF
 seqserve generate --url http://127.0.0.1:{http} --model {f} --prompt "def " --greedy""",
@@ -108,6 +109,7 @@ def _sequence_demo(repository: Path, fam: str, grpc_port: int) -> None:
     from rich.table import Table
 
     from seqserve.package import list_versions, load_version
+    from seqserve.serve.routing import routing_headers
 
     folder = repository / f"{fam}_step"
     tok = load_version(folder / str(list_versions(folder)[-1])).info.tokenizer
@@ -124,7 +126,8 @@ def _sequence_demo(repository: Path, fam: str, grpc_port: int) -> None:
             x = g.InferInput("input_ids", [1, 1], "INT64")
             x.set_data_from_numpy(np.array([[tid]], np.int64))
             end = i == len(ids) - 1
-            r = client.infer(f"{fam}_step", [x], sequence_id=42, sequence_start=i == 0, sequence_end=end)
+            r = client.infer(f"{fam}_step", [x], sequence_id=42, sequence_start=i == 0, sequence_end=end,
+                             headers=routing_headers(42))   # the routing key: a proxy keeps the sequence on one replica
             last = r.as_numpy("logits")[0, -1]
             flags = "start" if i == 0 else ("end" if end else "")
             t.add_row(str(i + 1), repr(text[i]), flags, repr(tok.decode([int(last.argmax())])))

@@ -5,6 +5,8 @@ at a time. Unary calls (infer, sequence steps) send pre-serialized `ModelInferRe
 do not deserialize the answer: a gRPC status other than OK is the error. Generation opens one
 `ModelStreamInfer` stream per request and reads responses until one is flagged
 `triton_final_response` (requested with `triton_enable_empty_final_response`).
+A sequence step or a generation stream is a `Routed` message: its routing key goes out as
+`x-sequence-id` metadata (seqserve/serve/routing.py), outside the protobuf.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tritonclient.grpc import service_pb2 as pb
 from seqserve.loadtest import calls as C
 from seqserve.loadtest.calls import Call, now_ns
 from seqserve.loadtest.http_client import datatype_of, raw_bytes
+from seqserve.serve.routing import HEADER, routing_key
 
 _SERVICE = "/inference.GRPCInferenceService/"
 
@@ -33,11 +36,32 @@ def _set_param(p, value) -> None:
         p.string_param = str(value)
 
 
+class Routed(bytes):
+    """A serialized request plus the routing key it travels under (gRPC metadata `x-sequence-id`).
+    Still bytes: sizes and writes are the message's."""
+
+    key: str
+
+
+def routed(payload: bytes, key) -> Routed:
+    r = Routed(payload)
+    r.key = routing_key(key)
+    return r
+
+
+def key_of(payload: bytes) -> str | None:
+    return getattr(payload, "key", None)
+
+
 class GrpcEncoder:
     """Serialized ModelInferRequest messages for one model."""
 
     def __init__(self, model: str):
         self.model = model
+
+    @staticmethod
+    def route(payload: bytes, key) -> Routed:
+        return routed(payload, key)
 
     def infer(self, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> bytes:
         r = pb.ModelInferRequest(model_name=self.model)
@@ -48,7 +72,8 @@ class GrpcEncoder:
             r.raw_input_contents.append(raw_bytes(a))
         for k, v in (parameters or {}).items():
             _set_param(r.parameters[k], v)
-        return r.SerializeToString()
+        sid = (parameters or {}).get("sequence_id")
+        return routed(r.SerializeToString(), sid) if sid else r.SerializeToString()
 
     def generate(self, inputs: dict[str, np.ndarray]) -> bytes:
         return self.infer(inputs, {"triton_enable_empty_final_response": True})
@@ -63,8 +88,12 @@ class GrpcClient:
         self.unary = self.channel.unary_unary(_SERVICE + "ModelInfer")   # bytes in, bytes out
         self.stream = self.channel.stream_stream(_SERVICE + "ModelStreamInfer",
                                                  response_deserializer=pb.ModelStreamInferResponse.FromString)
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout = timeout
+
+    def metadata_for(self, payload: bytes) -> tuple | None:
+        key = key_of(payload)
+        return (*self.metadata, (HEADER, key)) if key else (self.metadata or None)
 
     async def close(self) -> None:
         await self.channel.close(grace=None)
@@ -93,7 +122,7 @@ class GrpcLane:
 
     async def _unary(self, call: Call, payload: bytes) -> None:
         try:
-            await self.client.unary(payload, metadata=self.client.metadata, timeout=self.client.timeout)
+            await self.client.unary(payload, metadata=self.client.metadata_for(payload), timeout=self.client.timeout)
         except grpc.aio.AioRpcError as e:
             call.fail(_kind(e), e.details() or "")
         except asyncio.CancelledError:
@@ -101,7 +130,7 @@ class GrpcLane:
         self._finish()
 
     async def _stream(self, call: Call, payload: bytes) -> None:
-        rpc = self.client.stream(metadata=self.client.metadata, timeout=self.client.timeout)
+        rpc = self.client.stream(metadata=self.client.metadata_for(payload), timeout=self.client.timeout)
         try:
             await rpc.write(payload)
             async for resp in rpc:

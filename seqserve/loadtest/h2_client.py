@@ -9,7 +9,9 @@ and trailers with grpc-status. We advertise an HPACK table of 0 bytes, so the se
 blocks never change decoder state and decoded blocks are cached by their bytes (the same few
 blocks come back every call). Lanes share a connection (up to the server's concurrent-stream
 limit, at most 100), as a gRPC channel multiplexes calls, and the frames queued in one pass of
-the event loop go out in one write. Flow control: our receive windows are opened to the maximum;
+the event loop go out in one write. A routed request (a sequence step, a generation stream:
+grpc_client.Routed) adds one literal field, `x-sequence-id`, to the constant block.
+Flow control: our receive windows are opened to the maximum;
 a request must fit the server's initial window (64 KiB unless it says more) — else session.py
 uses grpc.aio lanes (`H2Lane.fits`).
 """
@@ -26,7 +28,8 @@ from tritonclient.grpc import service_pb2 as pb
 
 from seqserve.loadtest import calls as C
 from seqserve.loadtest.calls import Call, now_ns
-from seqserve.loadtest.grpc_client import record_stream_response
+from seqserve.loadtest.grpc_client import key_of, record_stream_response
+from seqserve.serve.routing import HEADER
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -178,7 +181,7 @@ class H2Connection(asyncio.Protocol):
         self.peer_window = DEFAULT_WINDOW        # the server's initial stream window
         self.conn_window = DEFAULT_WINDOW        # what we may still send on the connection
         self.max_frame = 16384                   # the server's SETTINGS_MAX_FRAME_SIZE
-        self.blocked: list[tuple[int, bytes]] = []   # (stream, message) waiting for the connection window
+        self.blocked: list[tuple[int, bytes, bytes]] = []   # (stream, headers, message) waiting for the connection window
         self.consumed = 0
         self.headers_open = b""                  # a header block waiting for CONTINUATION frames
         self.out: list[bytes] = []
@@ -204,24 +207,26 @@ class H2Connection(asyncio.Protocol):
         lane.stream_id = sid
         self.streams[sid] = lane
         msg = b"\x00" + len(payload).to_bytes(4, "big") + payload
+        key = key_of(payload)
+        block = self.pool.block if key is None else self.pool.block + _literal(HEADER.encode(), key.encode())
         if self.blocked or len(msg) > self.conn_window:
-            self.blocked.append((sid, msg))
+            self.blocked.append((sid, block, msg))
             return
-        self._send_message(sid, msg)
+        self._send_message(sid, block, msg)
 
-    def _send_message(self, sid: int, msg: bytes) -> None:
+    def _send_message(self, sid: int, block: bytes, msg: bytes) -> None:
         self.conn_window -= len(msg)
-        out = [frame(HEADERS, END_HEADERS, sid, self.pool.block)]
+        out = [frame(HEADERS, END_HEADERS, sid, block)]
         step = self.max_frame
         for i in range(0, len(msg), step):
             out.append(frame(DATA, END_STREAM if i + step >= len(msg) else 0, sid, msg[i:i + step]))
         self._write(b"".join(out))
 
     def _unblock(self) -> None:
-        while self.blocked and len(self.blocked[0][1]) <= self.conn_window:
-            sid, msg = self.blocked.pop(0)
+        while self.blocked and len(self.blocked[0][2]) <= self.conn_window:
+            sid, block, msg = self.blocked.pop(0)
             if sid in self.streams:                  # not cancelled meanwhile
-                self._send_message(sid, msg)
+                self._send_message(sid, block, msg)
 
     def cancel(self, lane: H2Lane) -> None:
         if self.streams.pop(lane.stream_id, None) is not None and not self.dead:

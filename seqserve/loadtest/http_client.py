@@ -24,6 +24,7 @@ import numpy as np
 from seqserve.loadtest import calls as C
 from seqserve.dtypes import kserve_datatype
 from seqserve.loadtest.calls import Call, now_ns
+from seqserve.serve.routing import HEADER, routing_key
 
 datatype_of = kserve_datatype      # seqserve/dtypes.py
 
@@ -52,8 +53,15 @@ class HttpEncoder:
         return (b"POST %s HTTP/1.1\r\nHost: %s\r\n%s%sContent-Length: %d\r\n\r\n"
                 % (path.encode(), self.host, self.auth, extra, len(body))) + body
 
+    @staticmethod
+    def route(payload: bytes, key) -> bytes:
+        """The request with the routing key header (`x-sequence-id`) after its request line."""
+        line = payload.index(b"\r\n") + 2
+        return payload[:line] + b"%s: %s\r\n" % (HEADER.encode(), routing_key(key).encode()) + payload[line:]
+
     def infer(self, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> bytes:
-        """POST /v2/models/M/infer with binary input tensors, asking for binary outputs."""
+        """POST /v2/models/M/infer with binary input tensors, asking for binary outputs. A
+        sequence step (parameters with `sequence_id`) also carries it as the routing key header."""
         header = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": datatype_of(a),
                               "parameters": {"binary_data_size": len(raw_bytes(a))}} for n, a in inputs.items()],
                   "outputs": [{"name": o, "parameters": {"binary_data": True}} for o in self.outputs]}
@@ -61,9 +69,11 @@ class HttpEncoder:
             header["parameters"] = parameters
         head = json.dumps(header, separators=(",", ":")).encode()
         body = head + b"".join(raw_bytes(a) for a in inputs.values())
+        sid = (parameters or {}).get("sequence_id")
+        route = b"%s: %s\r\n" % (HEADER.encode(), routing_key(sid).encode()) if sid else b""
         return self._request(f"/v2/models/{self.model}/infer", body,
-                             b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n"
-                             % len(head))
+                             b"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\n%s"
+                             % (len(head), route))
 
     def generate(self, fields: dict) -> bytes:
         """POST /v2/models/M/generate_stream (server-sent events), Triton's generate extension."""

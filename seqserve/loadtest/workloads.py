@@ -6,6 +6,10 @@
 - generate: one streamed request per prompt (`text_input`, plus `max_tokens` when the model has it;
             a model conditioned on a vector, e.g. `features` FP32 [F], gets a random one in [0, 1)).
 
+Every request of a sequence carries its id as the routing key (`x-sequence-id` header or gRPC
+metadata; the encoders add it from `sequence_id`), and every generation stream a key of its own,
+so a consistent-hash proxy in front of several replicas keeps each on one (seqserve/serve/routing.py).
+
 Synthesized inputs: variable axes (-1) get --input-length (default 1), the batch axis 1; integer
 inputs get token ids in [0, vocab) where vocab is the last dim of the `logits` output (else
 [0, 16)); floats N(0, 1); BYTES short ASCII strings. Optional inputs are left out.
@@ -245,7 +249,19 @@ class SequenceWorkload:
 
 
 class GenerateWorkload(_Rotation):
+    """Pre-encoded generate requests in turn, each sent under a routing key of its own."""
     streaming = True
+
+    def __init__(self, payloads: list[bytes], route, id_base: int):
+        super().__init__(payloads)
+        self.route = route              # route(payload, key): the encoder's
+        self._keys = count(id_base)
+
+    def next(self, slot) -> bytes:
+        return self.route(super().next(slot), next(self._keys))
+
+    def probe(self) -> bytes:
+        return self.route(super().probe(), next(self._keys))
 
 
 def conditioning(info: ModelInfo, rng) -> dict[str, np.ndarray]:
@@ -296,7 +312,7 @@ def build_workload(info: ModelInfo, cfg: LoadTestConfig, encoder, protocol: str)
                 if info.max_batch_size > 0:
                     arrays = {k: v[None] for k, v in arrays.items()}
                 payloads.append(encoder.generate(arrays))
-        return GenerateWorkload(payloads)
+        return GenerateWorkload(payloads, encoder.route, _id_base())
     sequences = cfg.workload == "sequence"
     if cfg.prompts is not None:
         data = load_input_data(cfg.prompts, info, sequences)
@@ -305,7 +321,11 @@ def build_workload(info: ModelInfo, cfg: LoadTestConfig, encoder, protocol: str)
         if sequences:
             data = [data]      # one pool of steps, cycled by every sequence
     if sequences:
-        # sequence ids: a random block per run, so two load tests on one server never share one
-        id_base = 1 + int.from_bytes(os.urandom(5), "little") * 1024
-        return SequenceWorkload(encoder, data, cfg.sequence_length if cfg.prompts is None else None, id_base)
+        return SequenceWorkload(encoder, data, cfg.sequence_length if cfg.prompts is None else None, _id_base())
     return InferWorkload(encoder, data)
+
+
+def _id_base() -> int:
+    """Sequence ids / routing keys: a random block per run, so two load tests on one server never
+    share one."""
+    return 1 + int.from_bytes(os.urandom(5), "little") * 1024

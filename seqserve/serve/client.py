@@ -4,6 +4,8 @@ Speaks only the public protocol, so it works against any server with a generatio
 takes `text_input` (+ sampling inputs) and streams `text_output` / `finish_reason`:
 - http(s)://HOST:PORT  → POST /v2/models/{m}/generate_stream, server-sent events;
 - grpc://HOST:PORT     → tritonclient.grpc bidirectional stream (ModelStreamInfer).
+Each stream carries a fresh routing key (`x-sequence-id`, seqserve/serve/routing.py) as an HTTP
+header or gRPC metadata, so a consistent-hash proxy keeps it on one replica.
 Several prompts run as concurrent streams (the server batches them). Events come back as the
 local loop's TokenEvent (token ids are not sent over the wire: token = -1). A conditioned model
 also takes per-prompt tensors (`inputs`: {"features": float32 [F]}), sent as FP32 inputs.
@@ -23,6 +25,7 @@ from seqserve.generation.loop import TokenEvent
 from seqserve.generation.request import BY_NAME as GENERATE_FIELDS
 from seqserve.generation.request import TEXT_INPUT
 from seqserve.generation.sampling import SamplingParams
+from seqserve.serve.routing import new_routing_key, routing_headers
 
 
 def request_fields(prompt: str, p: SamplingParams) -> dict:
@@ -119,7 +122,8 @@ class RemoteGenerator:
             fields = {**request_fields(prompt, params), **{k: v.reshape(-1).tolist() for k, v in extra.items()}}
             c.request("POST", f"/v2/models/{self.model}/generate_stream",
                       body=json.dumps(fields).encode(),
-                      headers={"Content-Type": "application/json", "Accept": "text/event-stream", **self._headers()})
+                      headers={"Content-Type": "application/json", "Accept": "text/event-stream", **self._headers(),
+                               **routing_headers(new_routing_key())})
             r = c.getresponse()
             if r.status != 200:
                 raise SeqserveError(f"{self._where()} answered {r.status}: {_error_text(r.read())}")
@@ -161,7 +165,8 @@ class RemoteGenerator:
             inputs.append(t)
         q: queue.Queue = queue.Queue()
         client = g.InferenceServerClient(f"{self.host}:{self.port}")
-        client.start_stream(callback=lambda result, error: q.put((result, error)), headers=self._headers())
+        client.start_stream(callback=lambda result, error: q.put((result, error)),
+                            headers={**self._headers(), **routing_headers(new_routing_key())})
         try:
             client.async_stream_infer(self.model, inputs, enable_empty_final_response=True)
             while True:
