@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: a path or a FILE.py:NAME:... reference must print as typed, never as an emoji code
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def handle_errors(fn):

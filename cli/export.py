@@ -19,8 +19,11 @@ def command(
     exporter: Annotated[Optional[str], typer.Option(help="dynamo or torchscript. Default per model kind (see DESIGN.md).")] = None,
     kv_cache: Annotated[str, typer.Option("--kv-cache", help="gpt: concat (the cache grows each step) or static[:N] "
                                           "(an in-place buffer of N positions, default max_seq_len; DESIGN.md).")] = "concat",
+    quantize: Annotated[Optional[str], typer.Option(
+        help="int8 (dynamic int8 MatMul/LSTM weights) or int8-block (MatMulNBits): quantized graphs beside the fp32 ones; "
+             "validate then gates held-out bits per token (--tolerance).")] = None,
     module: Annotated[Optional[str], typer.Option(
-        help="FILE.py:FACTORY: your own nn.Module (the factory returns it, weights loaded or see --weights).",
+        help="Your own nn.Module, as FILE.py:FACTORY (FACTORY returns it, weights loaded or see --weights).",
         rich_help_panel=_BROUGHT)] = None,
     weights: Annotated[Optional[Path], typer.Option(
         help="Weights for --module: .safetensors, or a state_dict file (read with weights_only=True; never unpickled).",
@@ -33,7 +36,7 @@ def command(
     tokenizer_level: Annotated[Optional[str], typer.Option(
         help="A vocabulary file's level: word (split on whitespace; default) or char.", rich_help_panel=_BROUGHT)] = None,
     adapter: Annotated[Optional[str], typer.Option(
-        help="FILE.py:NAME: a function model -> pieces, for what seqserve cannot adapt automatically (README).",
+        help="An adapter, as FILE.py:NAME (a function model -> pieces) for what seqserve cannot read automatically (README).",
         rich_help_panel=_BROUGHT)] = None,
     labels: Annotated[Optional[str], typer.Option(
         help="classify/tag: the label names, comma-separated or a file with one per line (default 0..C-1).",
@@ -50,7 +53,7 @@ def command(
     from seqserve.errors import SeqserveError
     from seqserve.export import ExportOptions
 
-    options = ExportOptions(opset=opset, exporter=exporter, kv_cache=kv_cache)
+    options = ExportOptions(opset=opset, exporter=exporter, kv_cache=kv_cache, quantize=quantize)
     brought = {"--weights": weights, "--task": task, "--tokenizer": tokenizer, "--tokenizer-level": tokenizer_level,
                "--adapter": adapter, "--labels": labels, "--pad-token": pad_token, "--bos-token": bos_token,
                "--eos-token": eos_token, "--unk-token": unk_token}
@@ -72,7 +75,8 @@ def command(
     graphs = ", ".join(f"{info.raw['graphs'][n]}" + (f" ({len(g.state)} state tensors)" if g.state else "")
                        for n, g in info.spec.graphs.items())
     console.print(f"[green]exported[/] {info.family} ({info.task}) to {escape(str(info.path))}: {graphs}, seqserve.json "
-                  f"[dim]({info.raw['export_options']['exporter']}, opset {info.raw['export_options']['opset']})[/]")
+                  f"[dim]({info.raw['export_options']['exporter']}, opset {info.raw['export_options']['opset']}"
+                  + (f"; {info.quantized}, fp32 graphs kept beside" if info.quantized else "") + ")[/]")
     console.print(f"next: seqserve validate {info.path}", markup=False, highlight=False)
 
 
