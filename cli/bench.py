@@ -19,9 +19,10 @@ def command(
     rnn_context: Annotated[int, typer.Option(help="Prefill length for rnn/lstm/gru.")] = 64,
     preset: Annotated[str, typer.Option(help="Model size preset (random weights): tiny or small.")] = "small",
     seed: Annotated[int, typer.Option(help="Seed for weights and tokens.")] = 0,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also time the `export --quantize int8` graphs.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
 ):
-    """Per-token decode latency at batch 1: torch eager with and without KV cache vs ONNX Runtime.
+    """Per-token decode latency at batch 1: torch eager with and without KV cache vs ONNX Runtime (fp32 and int8).
 
     Builds random-weight models, exports them with seqserve's own export, times decode steps after a prefill with the variants interleaved, and prints medians, p90s, ratios and PASS/MISS against the targets.
     """
@@ -30,7 +31,7 @@ def command(
 
     config = BenchConfig(families=parse_list(families, "families"), contexts=parse_list(contexts, "contexts", int),
                          steps=steps, rounds=rounds, warmup=warmup, nocache_steps=nocache_steps, threads=threads,
-                         rnn_context=rnn_context, preset=preset, seed=seed)
+                         rnn_context=rnn_context, preset=preset, seed=seed, int8=int8)
     results = run_benchmark(config, progress=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
     render(results, console)
     if json_out is not None:

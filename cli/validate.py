@@ -17,6 +17,8 @@ def command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-3,
+    tolerance: Annotated[float, typer.Option(
+        help="Quantized exports: held-out bits per token may exceed the fp32 graphs' by this fraction.")] = 0.02,
     tokens: Annotated[int, typer.Option(help="Generated tokens that torch and ONNX Runtime must agree on.")] = 32,
     summary: Annotated[bool, typer.Option("--summary", help="Only the one-row-per-check summary (and failed rows).")] = False,
     module: Annotated[Optional[str], typer.Option(
@@ -43,7 +45,8 @@ def command(
 
             report = validate_repository(repository, progress=lambda msg: status.update(msg))
         else:
-            report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens, module=module),
+            report = validate_export(export, ValidateConfig(atol=atol, rtol=rtol, generate_tokens=tokens, module=module,
+                                                            tolerance=tolerance),
                                      progress=lambda msg: status.update(msg))
     render_report(report, console, verbose=not summary)
     if json_out:

@@ -7,9 +7,11 @@ all of them alike):
         torch_cache             model.step(token, past) -> logits, present      (torch eager, KV cache)
         torch_nocache           model(all tokens so far)[:, -1]                 (full forward per token)
         ort_cache               seqserve.generation.decode_step over OrtBackend (what users get)
+        ort_int8                the same over the `--quantize int8` graphs (--int8, the default)
     rnn / lstm / gru            after a short prefill, one step at a time:
         torch                   model.step(token, state)
         ort                     seqserve.generation.decode_step over OrtBackend
+        ort_int8                the same over the int8 graphs
 
 Models have random weights (the family's preset, a char-level vocabulary of 100), are saved as a
 checkpoint and exported with `seqserve.export.export_checkpoint` into a temporary folder, so the
@@ -53,6 +55,7 @@ class BenchConfig:
     nocache_steps: int = 0        # timed steps of torch without cache per round; 0: fewer as C grows
     threads: int = 0              # ORT intra-op threads = torch threads; 0: one per physical core
     rnn_context: int = 64         # prefill length for the recurrent families
+    int8: bool = True             # also time the `--quantize int8` graphs (ort_int8)
     preset: str = "small"
     seed: int = 0
 
@@ -104,13 +107,9 @@ def _stepping(model, backend, context_ids: np.ndarray, tokens: np.ndarray):
     state after prefilling `context_ids` (KV cache for gpt, h/c for recurrent families)."""
     import torch
 
-    from seqserve.generation import decode_step, prefill
-
     with torch.inference_mode():
         _, torch_state0 = model.step(torch.from_numpy(context_ids[None]), model.initial_state(1))
-    _, ort_state0 = prefill(backend, context_ids.tolist())
     tok_t = [torch.from_numpy(tokens[i:i + 1][None]) for i in range(len(tokens))]     # (1, 1) each
-    tok_n = [tokens[i:i + 1] for i in range(len(tokens))]                             # (1,) each
 
     def torch_run(warmup, steps):
         state = torch_state0
@@ -123,6 +122,16 @@ def _stepping(model, backend, context_ids: np.ndarray, tokens: np.ndarray):
         with torch.inference_mode():
             return timed(warmup, steps, step)
 
+    return torch_run, _ort_stepping(backend, context_ids, tokens)
+
+
+def _ort_stepping(backend, context_ids: np.ndarray, tokens: np.ndarray):
+    """A timed runner decoding `tokens` one at a time through `backend` after prefilling `context_ids`."""
+    from seqserve.generation import decode_step, prefill
+
+    _, ort_state0 = prefill(backend, context_ids.tolist())
+    tok_n = [tokens[i:i + 1] for i in range(len(tokens))]                             # (1,) each
+
     def ort_run(warmup, steps):
         state = ort_state0
 
@@ -133,11 +142,11 @@ def _stepping(model, backend, context_ids: np.ndarray, tokens: np.ndarray):
 
         return timed(warmup, steps, step)
 
-    return torch_run, ort_run
+    return ort_run
 
 
 def _gpt_variants(model, backend, context_ids: np.ndarray, tokens: np.ndarray, config: BenchConfig,
-                  context: int) -> list[Variant]:
+                  context: int, int8=None) -> list[Variant]:
     import torch
 
     torch_cache, ort_cache = _stepping(model, backend, context_ids, tokens)
@@ -149,13 +158,21 @@ def _gpt_variants(model, backend, context_ids: np.ndarray, tokens: np.ndarray, c
 
     return [Variant("torch_cache", torch_cache, config.steps, config.warmup),
             Variant("torch_nocache", torch_nocache, config.nocache_steps_for(context), min(config.warmup, 1)),
-            Variant("ort_cache", ort_cache, config.steps, config.warmup)]
+            Variant("ort_cache", ort_cache, config.steps, config.warmup),
+            *_int8_variant(int8, context_ids, tokens, config)]
 
 
-def _rnn_variants(model, backend, context_ids: np.ndarray, tokens: np.ndarray, config: BenchConfig):
+def _rnn_variants(model, backend, context_ids: np.ndarray, tokens: np.ndarray, config: BenchConfig, int8=None):
     torch_step, ort_step = _stepping(model, backend, context_ids, tokens)
     return [Variant("torch", torch_step, config.steps, config.warmup),
-            Variant("ort", ort_step, config.steps, config.warmup)]
+            Variant("ort", ort_step, config.steps, config.warmup),
+            *_int8_variant(int8, context_ids, tokens, config)]
+
+
+def _int8_variant(backend, context_ids, tokens, config: BenchConfig) -> list[Variant]:
+    if backend is None:
+        return []
+    return [Variant("ort_int8", _ort_stepping(backend, context_ids, tokens), config.steps, config.warmup)]
 
 
 def _diff(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
@@ -185,7 +202,7 @@ def _build_export(family: str, config: BenchConfig, root: Path, progress):
     env = dict(os.environ)                               # the child imports this very seqserve
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(seqserve.__file__).resolve().parents[1]),
                                                       env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _EXPORT_CODE, str(ckpt), str(out)],
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_CODE, str(ckpt), str(out), "int8" if config.int8 else ""],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -194,7 +211,14 @@ def _build_export(family: str, config: BenchConfig, root: Path, progress):
     return load_export(out)
 
 
-_EXPORT_CODE = "import sys; from seqserve.export import export_checkpoint; export_checkpoint(sys.argv[1], sys.argv[2])"
+_EXPORT_CODE = ("import sys; from seqserve.export import ExportOptions, export_checkpoint; "
+                "export_checkpoint(sys.argv[1], sys.argv[2], ExportOptions(quantize=sys.argv[3] or None))")
+
+
+def _int8_diff(by: dict, torch_name: str) -> dict:
+    if "ort_int8" not in by:
+        return {}
+    return {"max_abs_logit_diff_int8_vs_torch": _diff(by["ort_int8"].first_logits, by[torch_name].first_logits)}
 
 
 def _graph_facts(path: Path) -> dict:
@@ -237,38 +261,44 @@ def run_benchmark(config: BenchConfig = BenchConfig(), progress: Callable[[str],
         root = Path(tmp)
         for family in dict.fromkeys(config.families):         # each once, in order
             info = _build_export(family, config, root, progress)
-            backend = make_backend(info, "ort", options=options)
+            backend = make_backend(info.fp32(), "ort", options=options)      # fp32: the graphs it keeps
+            int8 = make_backend(info, "ort", options=options) if info.quantized else None
             model = load_checkpoint(info.checkpoint_path).model.eval()
             vocab = info.tokenizer.vocab_size
             facts = {"family": family, "preset": config.preset, "model": info.raw["model_config"],
-                     "export": info.raw.get("export_options", {}), "step_graph": _graph_facts(info.graph_path("step"))}
+                     "export": info.raw.get("export_options", {}),
+                     "step_graph": _graph_facts(info.graph_path("step", fp32=True)),
+                     **({"int8_step_graph": _graph_facts(info.graph_path("step"))} if int8 else {})}
             if family == "gpt":
                 rows = []
                 for C in config.contexts:
                     ctx = rng.integers(3, vocab, C, dtype=np.int64)
                     toks = rng.integers(3, vocab, config.warmup + config.steps, dtype=np.int64)
-                    variants = _gpt_variants(model, backend, ctx, toks, config, C)
+                    variants = _gpt_variants(model, backend, ctx, toks, config, C, int8)
                     other = interleave(variants, config.rounds, progress, f"gpt context {C}")
                     by = {v.name: v for v in variants}
                     rows.append({"context": C, **{v.name: stats(v.times) for v in variants},
                                  "max_abs_logit_diff_ort_vs_torch": _diff(by["ort_cache"].first_logits,
                                                                          by["torch_cache"].first_logits),
+                                 **_int8_diff(by, "torch_cache"),
                                  "other_processes_cpu_share": other["share"],
                                  "rounds_dropped_busy": other["dropped"]})
                 results["gpt"] = {**facts, "contexts": rows}
             else:
                 ctx = rng.integers(3, vocab, config.rnn_context, dtype=np.int64)
                 toks = rng.integers(3, vocab, config.warmup + config.steps, dtype=np.int64)
-                variants = _rnn_variants(model, backend, ctx, toks, config)
+                variants = _rnn_variants(model, backend, ctx, toks, config, int8)
                 other = interleave(variants, config.rounds, progress, f"{family} step")
                 by = {v.name: v for v in variants}
                 results["recurrent"].append({**facts, "context": config.rnn_context,
                                              "torch": stats(by["torch"].times), "ort": stats(by["ort"].times),
+                                             **({"ort_int8": stats(by["ort_int8"].times)} if int8 else {}),
                                              "max_abs_logit_diff_ort_vs_torch": _diff(by["ort"].first_logits,
                                                                                      by["torch"].first_logits),
+                                             **_int8_diff(by, "torch"),
                                              "other_processes_cpu_share": other["share"],
                                              "rounds_dropped_busy": other["dropped"]})
-            del backend, model
+            del backend, int8, model
     results["ratios"] = ratios(results)
     results["elapsed_s"] = round(time.perf_counter() - started, 1)
     results["versions"] = {"onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__}

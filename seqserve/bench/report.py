@@ -12,6 +12,8 @@ from seqserve.errors import SeqserveError
 TARGET_GPT_SPEEDUP = 2.0      # torch eager with cache / ORT with cache, per token, at every context
 TARGET_LSTM_SPEEDUP = 5.0     # torch eager LSTM step / ORT LSTM step
 TARGET_CONTEXT_GROWTH = 2.0   # ORT per-token latency at the longest context / at the shortest
+TARGET_INT8_SPEEDUP = 6.0     # torch eager fp32 with cache / ORT int8, per token, at these contexts
+TARGET_INT8_CONTEXTS = (64, 256)
 
 
 def ratios(results: dict) -> list[dict]:
@@ -31,6 +33,10 @@ def ratios(results: dict) -> list[dict]:
             add(f"gpt@{r['context']} torch cache / ORT", r["torch_cache"]["median_ms"] / ort_ms, TARGET_GPT_SPEEDUP)
         for r in rows:
             add(f"gpt@{r['context']} torch no-cache / ORT", r["torch_nocache"]["median_ms"] / r["ort_cache"]["median_ms"])
+        for r in rows:
+            if "ort_int8" in r:
+                add(f"gpt@{r['context']} torch cache / ORT int8",
+                    r["torch_cache"]["median_ms"] / r["ort_int8"]["median_ms"], TARGET_INT8_SPEEDUP if r["context"] in TARGET_INT8_CONTEXTS else None)
         if len(rows) > 1:
             lo, hi = min(rows, key=lambda r: r["context"]), max(rows, key=lambda r: r["context"])
             add(f"gpt ORT@{hi['context']} / ORT@{lo['context']}",
@@ -40,6 +46,8 @@ def ratios(results: dict) -> list[dict]:
     for r in results.get("recurrent", []):
         target = TARGET_LSTM_SPEEDUP if r["family"] == "lstm" else None
         add(f"{r['family']} torch / ORT", r["torch"]["median_ms"] / r["ort"]["median_ms"], target)
+        if "ort_int8" in r:
+            add(f"{r['family']} torch / ORT int8", r["torch"]["median_ms"] / r["ort_int8"]["median_ms"])
     return out
 
 
@@ -82,29 +90,40 @@ def render(results: dict, console=None) -> None:
                           f"{g['attention_ops']} Attention"
                           + (f", {g['graph_optimizations']}" if g["graph_optimizations"] else ""),
                     title_justify="left")
-        for col in ("context", "torch cache", "torch no-cache", "ORT cache", "torch cache\n/ ORT",
-                    "no-cache\n/ ORT", "max |dlogit|\nORT-torch", "other\nCPU load"):
+        q = "ort_int8" in gpt["contexts"][0]
+        for col in ("context", "torch cache", "torch no-cache", "ORT cache", *(("ORT int8",) if q else ()),
+                    "torch cache\n/ ORT", *(("torch cache\n/ ORT int8",) if q else ()),
+                    "no-cache\n/ ORT", "max |dlogit|\nORT-torch", *(("max |dlogit|\nint8-torch",) if q else ()),
+                    "other\nCPU load"):
             tab.add_column(col, justify="right")
         for r in gpt["contexts"]:
             o = r["ort_cache"]["median_ms"]
             sp = r["torch_cache"]["median_ms"] / o
+            if q:
+                sq = r["torch_cache"]["median_ms"] / r["ort_int8"]["median_ms"]
+                mark = _mark(sq >= TARGET_INT8_SPEEDUP) if r["context"] in TARGET_INT8_CONTEXTS else ""
             tab.add_row(str(r["context"]), _ms(r["torch_cache"]), _ms(r["torch_nocache"]),
-                        _ms(r["ort_cache"]), f"{sp:.2f}x {_mark(sp >= TARGET_GPT_SPEEDUP)}",
+                        _ms(r["ort_cache"]), *((_ms(r["ort_int8"]),) if q else ()),
+                        f"{sp:.2f}x {_mark(sp >= TARGET_GPT_SPEEDUP)}", *((f"{sq:.2f}x {mark}",) if q else ()),
                         f"{r['torch_nocache']['median_ms'] / o:.1f}x", f"{r['max_abs_logit_diff_ort_vs_torch']:.1e}",
-                        _load(r))
+                        *((f"{r['max_abs_logit_diff_int8_vs_torch']:.1e}",) if q else ()), _load(r))
         console.print(tab)
     if results.get("recurrent"):
         tab = Table(title="Recurrent step (after a short prefill)", title_justify="left")
-        for col in ("family", "model", "torch step", "ORT step", "torch / ORT", "max |dlogit|\nORT-torch",
-                    "other\nCPU load"):
+        q = "ort_int8" in results["recurrent"][0]
+        for col in ("family", "model", "torch step", "ORT step", *(("ORT int8 step",) if q else ()), "torch / ORT",
+                    *(("torch / int8",) if q else ()), "max |dlogit|\nORT-torch",
+                    *(("max |dlogit|\nint8-torch",) if q else ()), "other\nCPU load"):
             tab.add_column(col, justify="right")
         for r in results["recurrent"]:
             m = r["model"]
             sp = r["torch"]["median_ms"] / r["ort"]["median_ms"]
             mark = _mark(sp >= TARGET_LSTM_SPEEDUP) if r["family"] == "lstm" else ""
             tab.add_row(r["family"], f"{m['num_layers']}x{m['hidden_size']}, embed {m['embed_dim']}",
-                        _ms(r["torch"]), _ms(r["ort"]), f"{sp:.2f}x {mark}",
-                        f"{r['max_abs_logit_diff_ort_vs_torch']:.1e}", _load(r))
+                        _ms(r["torch"]), _ms(r["ort"]), *((_ms(r["ort_int8"]),) if q else ()), f"{sp:.2f}x {mark}",
+                        *((f"{r['torch']['median_ms'] / r['ort_int8']['median_ms']:.2f}x",) if q else ()),
+                        f"{r['max_abs_logit_diff_ort_vs_torch']:.1e}",
+                        *((f"{r['max_abs_logit_diff_int8_vs_torch']:.1e}",) if q else ()), _load(r))
         console.print(tab)
     tab = Table(title="Ratios of medians", title_justify="left")
     for col in ("ratio", "value", "target", ""):

@@ -26,6 +26,7 @@ class ExportOptions:
     opset: int | None = None        # None: the family's default (gpt 23, recurrent 17)
     exporter: str | None = None     # "dynamo" | "torchscript"; None: the family's default
     kv_cache: str = "concat"        # "concat" | "static[:N]": gpt step graph on an in-place buffer (static_cache.py)
+    quantize: str | None = None     # "int8" | "int8-block": quantized graphs beside the fp32 ones (export/quantize.py)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
@@ -61,6 +62,10 @@ def export_model(model, out: str | Path, tokenizer, family: str, fields: dict, s
     spec = model.spec()
     kv_length = parse_kv_cache(options.kv_cache, spec)
     exported = in_place_spec(spec, kv_length) if kv_length else spec    # what the files and sidecar are
+    if options.quantize:
+        from seqserve.export.quantize import check_method
+
+        check_method(options.quantize, spec.task)
     with atomic_dir(out, SIDECAR) as tmp:
         for graph in spec.graphs.values():
             if progress:
@@ -84,6 +89,11 @@ def export_model(model, out: str | Path, tokenizer, family: str, fields: dict, s
                     raise SeqserveError(f"--kv-cache static: {e}") from None
             conform_dims(path, exported.graph(graph.name))
             onnx.checker.check_model(str(path), full_check=True)
+        quantized = {}
+        if options.quantize:      # after the fp32 graphs passed conform_dims + checker; they stay
+            from seqserve.export.quantize import quantize_export
+
+            quantized = quantize_export(tmp, spec, options.quantize, fields.get("training"), tokenizer, progress)
         ship(tmp)
         write_json(tmp / SIDECAR, {
             "format": FORMAT,
@@ -94,9 +104,11 @@ def export_model(model, out: str | Path, tokenizer, family: str, fields: dict, s
             "special_tokens": {"pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
             "graphs": {name: f"{name}.onnx" for name in spec.graphs},
             "export_options": {"exporter": exporter, "opset": opset,
-                               **({"kv_cache": f"static:{kv_length}"} if kv_length else {})},
+                               **({"kv_cache": f"static:{kv_length}"} if kv_length else {}),
+                               **({"quantize": options.quantize} if options.quantize else {})},
             "versions": {"seqserve": seqserve.__version__, **_versions("torch", "onnx", "onnxscript")},
             **fields,
+            **quantized,
         })
     return load_export(out)
 

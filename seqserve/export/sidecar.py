@@ -28,8 +28,26 @@ class ExportInfo:
     tokenizer: Tokenizer
     raw: dict                   # the whole sidecar
 
-    def graph_path(self, graph: str) -> Path:
+    def graph_path(self, graph: str, fp32: bool = False) -> Path:
+        """The file a graph name maps to (the one place that decides): `graphs` in the sidecar,
+        which for a quantized export (`quantize`: "int8") names the quantized files; fp32=True:
+        that export's fp32 original (`fp32_graphs`), the quantization gate's reference."""
+        if fp32 and self.quantized:
+            return self.path / self.raw["fp32_graphs"][graph]
         return self.path / self.raw["graphs"][graph]
+
+    @property
+    def quantized(self) -> str | None:
+        """The quantization method ("int8", "int8-block") or None for an fp32 export."""
+        return self.raw.get("quantize")
+
+    def fp32(self) -> "ExportInfo":
+        """This export as its fp32 graphs (itself when not quantized): backends built on it run
+        the originals a quantized export keeps beside its quantized graphs."""
+        if not self.quantized:
+            return self
+        raw = {k: v for k, v in self.raw.items() if k not in ("quantize", "fp32_graphs")}
+        return ExportInfo(self.path, self.family, self.spec, self.tokenizer, {**raw, "graphs": self.raw["fp32_graphs"]})
 
     @property
     def task(self) -> str:

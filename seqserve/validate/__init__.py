@@ -6,6 +6,9 @@
     torch_vs_ort         torch eager vs ONNX Runtime on the same random feeds, over a shape grid
     incremental_vs_full  step graph fed token by token / in chunks == the full graph, per position
     greedy_generation    greedy decoding through torch and ORT yields identical token ids
+
+A quantized export (`quantize` in the sidecar) replaces torch_vs_ort with the quantization cost and
+runs the fp32 rows on the graphs it keeps (validate/quantized.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqserve.export import load_export
-from seqserve.validate import encdec, labelled, parity, seq2seq, static
+from seqserve.validate import encdec, labelled, parity, quantized, seq2seq, static
 from seqserve.validate.report import render_report
 from seqserve.validate.results import CHECKS, CheckResult, ValidateConfig, ValidationReport
 from seqserve.validate.target import Target
@@ -50,7 +53,7 @@ def validate_export(path: str | Path, config: ValidateConfig = ValidateConfig(),
     info = load_export(path)
     target = Target(info, config)
     rows: list[CheckResult] = []
-    checks = {**_RUN, **_BY_TASK.get(info.task, {})}
+    checks = {**_RUN, **_BY_TASK.get(info.task, {}), **(quantized.CHECKS if info.quantized else {})}
     for name in CHECKS:
         if checks[name] is None:
             continue

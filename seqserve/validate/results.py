@@ -19,12 +19,15 @@ class ValidateConfig:
     generate_tokens: int = 32              # tokens torch and ORT must generate identically
     seed: int = 0
     module: str | None = None              # brought exports: FILE.py:FACTORY instead of the sidecar's
+    tolerance: float = 0.02                # quantized exports: held-out bits <= fp32's * (1 + tolerance)
 
     def __post_init__(self):
         from seqserve.errors import SeqserveError
 
         if not (self.atol >= 0 and self.rtol >= 0):
             raise SeqserveError(f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
+        if not math.isfinite(self.tolerance):
+            raise SeqserveError(f"--tolerance must be a finite number, got {self.tolerance}")
         if self.generate_tokens < 1:
             raise SeqserveError(f"tokens must be >= 1, got {self.generate_tokens}")
         if min((*self.batches, *self.sequences), default=0) < 1 or min(self.pasts, default=0) < 0:
