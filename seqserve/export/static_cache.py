@@ -12,7 +12,7 @@ The rewrite, after optimize.py has folded each layer's plumbing into one opset-2
     Attention(q, k, v [B, S, D], mask [B, 1, S, P+S], past_k, past_v [B, H, P, hd])
         -> y [B, S, D], present_k, present_v [B, H, P+S, hd]
 becomes
-    GroupQueryAttention(q, k, v, past_k, past_v [B, H, MAX, hd], seqlens_k [B], total [])
+    GroupQueryAttention(qkv [B, S, 3D] packed, "", "", past_k, past_v [B, H, MAX, hd], seqlens_k [B], total [])
         -> y, present_k, present_v [B, H, MAX, hd]     (present IS past when bound to one buffer)
 
 seqlens_k (int32, GQA's convention: each row's total length - 1) and total_sequence_length (int32
@@ -67,6 +67,21 @@ def _to_gqa(model, concat: GraphSpec, static: GraphSpec, length: int) -> int:
     g = model.graph
     pairs = {p.input: p.output for p in concat.state if p.seq_axis is not None}
     mask, positions = concat.name_of(MASK), concat.name_of(POSITIONS)
+    producer = {o: x for x in g.node for o in x.output}
+    readers: dict[str, int] = {}
+    for x in g.node:
+        for i in x.input:
+            readers[i] = readers.get(i, 0) + 1
+
+    def packed(q, k, v):
+        """q, k, v = Split(qkv [B, S, 3D], axis -1) read only here -> qkv: GQA takes it packed
+        (key and value empty), one Split node less per layer."""
+        sp = producer.get(q)
+        if sp is None or sp.op_type != "Split" or list(sp.output) != [q, k, v] or len(sp.input) != 1:
+            return None
+        axis = next((helper.get_attribute_value(a) for a in sp.attribute if a.name == "axis"), 0)
+        return sp.input[0] if axis in (2, -1) and all(readers.get(t) == 1 for t in (q, k, v)) else None
+
     out, n = [], 0
     for node in g.node:
         if node.op_type == "Attention" and node.domain in ("", "ai.onnx") and len(node.input) == 6 \
@@ -78,6 +93,9 @@ def _to_gqa(model, concat: GraphSpec, static: GraphSpec, length: int) -> int:
             if a.get("softcap"):
                 extra["softcap"] = a["softcap"]
             q, k, v, _mask, pk, pv = node.input
+            qkv = packed(q, k, v)
+            if qkv:
+                q, k, v = qkv, "", ""
             out.append(helper.make_node(
                 "GroupQueryAttention", [q, k, v, pk, pv, SEQLENS, TOTAL_LEN], list(node.output),
                 name=(node.name or "attention") + "_gqa", domain=MS_DOMAIN,

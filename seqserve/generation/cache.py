@@ -6,6 +6,8 @@ Built from the step graph's spec alone, so it works for every family:
   position, so rows of different lengths can share a batch with left padding.
 Merging pads each state tensor that has a `seq_axis` on the left (and masks the padding);
 fixed-size states are simply concatenated. Continuous batching uses the same merge/select.
+An in-place KV cache (StatePair.in_place: a static buffer per row, no mask) needs no padding:
+each row keeps its own length (its next position), so merge only stacks rows.
 
 A task's chain may start the state from its `once` graphs (`start`: an init graph's outputs under
 the step graph's state input names) instead of zeros; `start` values for step inputs that are not
