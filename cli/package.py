@@ -22,6 +22,9 @@ def command(
     target: Annotated[str, typer.Option(
         help="seqserve (the embedded server), triton-gpu (NGC tritonserver: onnxruntime backend on GPU, "
              "implicit state) or triton-python (tritonserver's python backend; runs on CPU).")] = "seqserve",
+    stateless_step: Annotated[bool, typer.Option(
+        "--stateless-step", help="Also write NAME_step_state: the recurrent step graph served statelessly (the client "
+                                 "sends past_* and gets present_* back), so any replica serves any step.")] = False,
 ):
     """Write the export as Triton models NAME (full), NAME_step (stateful) and NAME_generate (text)."""
     from rich.table import Table
@@ -31,7 +34,7 @@ def command(
 
     options = PackageOptions(max_batch_size=max_batch_size, max_sequences=max_sequences,
                              sequence_idle_seconds=sequence_idle_seconds, max_streams=max_streams,
-                             target=target)
+                             target=target, stateless_step=stateless_step)
     models = package_export(export_dir, repository, name=name, version=version, options=options)
 
     table = Table(title="Triton models written")

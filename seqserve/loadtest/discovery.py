@@ -37,6 +37,7 @@ class ModelInfo:
     vocab: int | None              # token ids are valid in [0, vocab): the last dim of the logits output
     source_chars: str = ""         # encoder-decoder generate: the characters a source may hold ("" = any)
     max_source: int | None = None  # encoder-decoder generate: the longest source it takes
+    state_pairs: tuple = ()        # client-held state (NAME_step_state): ((past input, present output), ...)
 
     def input(self, name: str) -> Tensor | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -181,6 +182,12 @@ def _config_source(config: dict) -> dict:
     return {"source_chars": chars, "max_source": int(longest) if longest.isdigit() else None}
 
 
+def _config_state_pairs(config: dict) -> tuple:
+    """`seqserve.state_pairs` of a NAME_step_state config: which output feeds which input next step."""
+    text = ((config.get("parameters") or {}).get("seqserve.state_pairs") or {}).get("string_value") or ""
+    return tuple(tuple(x.split(":", 1)) for x in text.split(",") if ":" in x)
+
+
 def describe_model(cfg: LoadTestConfig) -> ModelInfo:
     """The model's tensors and scheduling, from the server; SeqserveError when that fails."""
     server, meta, config, index = (_fetch_grpc if cfg.target.protocol == "grpc" else _fetch_http)(cfg)
@@ -190,7 +197,8 @@ def describe_model(cfg: LoadTestConfig) -> ModelInfo:
         max_batch_size=int(config.get("max_batch_size") or 0),
         sequence=bool(config.get("sequence_batching")),
         decoupled=bool((config.get("model_transaction_policy") or {}).get("decoupled")),
-        vocab=_config_vocab(config) or vocab_size(outputs), **_config_source(config))
+        vocab=_config_vocab(config) or vocab_size(outputs), **_config_source(config),
+        state_pairs=_config_state_pairs(config))
     check_fit(info, cfg.workload, index, cfg.target.url)
     return info
 
@@ -198,7 +206,8 @@ def describe_model(cfg: LoadTestConfig) -> ModelInfo:
 def check_fit(info: ModelInfo, workload: str, index: list[str] = (), url: str = "the server") -> None:
     """SeqserveError unless the model can run the workload; names a sibling model that can."""
     def hint(suffix: str, text: str = "; '{}' on this server is one") -> str:
-        base = info.name.rsplit("_", 1)[0] if info.name.endswith(("_step", "_generate")) else info.name
+        base = info.name.removesuffix("_step_state") if info.name.endswith("_step_state") else \
+            info.name.rsplit("_", 1)[0] if info.name.endswith(("_step", "_generate")) else info.name
         other = f"{base}{suffix}"
         return text.format(other) if other in index and other != info.name else ""
 
@@ -214,9 +223,9 @@ def check_fit(info: ModelInfo, workload: str, index: list[str] = (), url: str = 
     if info.decoupled:
         raise SeqserveError(f"model '{info.name}' is decoupled (it streams responses): use --workload generate, "
                             f"or a model answering one response per request for --workload {workload}")
-    if workload == "sequence" and not info.sequence:
-        raise SeqserveError(f"model '{info.name}' is not a sequence model (its config has no sequence_batching): "
-                            f"--workload sequence needs one{hint('_step')}")
+    if workload == "sequence" and not info.sequence and not info.state_pairs:
+        raise SeqserveError(f"model '{info.name}' is not a sequence model (its config has no sequence_batching "
+                            f"and no seqserve.state_pairs): --workload sequence needs one{hint('_step')}")
     if workload == "infer" and info.sequence:
         raise SeqserveError(f"model '{info.name}' is a sequence model (sequence_batching): use --workload sequence "
                             f"for it{hint('', ', or its stateless sibling {!r}')}")

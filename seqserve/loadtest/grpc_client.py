@@ -106,6 +106,8 @@ class GrpcLane:
         self.task: asyncio.Task | None = None
         self.dead = False
         self.slot = None
+        self.keep_answer = False
+        self.last = b""             # the last unary answer, kept with keep_answer (client-held state)
 
     @classmethod
     async def open(cls, client: GrpcClient, on_done) -> "GrpcLane":
@@ -122,7 +124,9 @@ class GrpcLane:
 
     async def _unary(self, call: Call, payload: bytes) -> None:
         try:
-            await self.client.unary(payload, metadata=self.client.metadata_for(payload), timeout=self.client.timeout)
+            got = await self.client.unary(payload, metadata=self.client.metadata_for(payload), timeout=self.client.timeout)
+            if self.keep_answer:
+                self.last = got
         except grpc.aio.AioRpcError as e:
             call.fail(_kind(e), e.details() or "")
         except asyncio.CancelledError:
@@ -149,6 +153,12 @@ class GrpcLane:
             return
         rpc.cancel()
         self._finish()
+
+    def answer(self, names) -> dict:
+        from tritonclient.grpc import InferResult
+
+        r = InferResult(pb.ModelInferResponse.FromString(self.last))
+        return {n: r.as_numpy(n) for n in names}
 
     def abort(self, kind: str, message: str = "") -> None:
         # the server may still be working on the call: this lane (and its sequence) is not reused

@@ -95,6 +95,14 @@ class H2Lane:
     def busy(self) -> bool:
         return self.call is not None
 
+    def answer(self, names) -> dict:
+        """The last unary response's output tensors `names` (its message is kept in self.data)."""
+        from tritonclient.grpc import InferResult
+
+        n = int.from_bytes(self.data[1:5], "big")
+        r = InferResult(pb.ModelInferResponse.FromString(bytes(self.data[5:5 + n])))
+        return {k: r.as_numpy(k) for k in names}
+
     def fits(self, size: int) -> bool:
         """Whether a request of `size` bytes fits the server's flow-control windows."""
         return size + 5 <= min(self.conn.peer_window, self.conn.conn_window)

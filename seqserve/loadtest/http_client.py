@@ -95,6 +95,8 @@ class HttpLane(asyncio.Protocol):
         self.t_data = 0
         self.dead = False
         self.slot = None                # the workload's state for this lane (a sequence, ...)
+        self.keep_answer = False        # keep a 200 body for answer() (client-held state)
+        self.header_length = None
 
     @classmethod
     async def open(cls, target, on_done, timeout: float = 10.0) -> "HttpLane":
@@ -111,8 +113,16 @@ class HttpLane(asyncio.Protocol):
     def busy(self) -> bool:
         return self.call is not None
 
+    def answer(self, names) -> dict:
+        """The last 200 response's output tensors `names` (kept only with keep_answer)."""
+        from tritonclient.http import InferResult
+
+        r = InferResult.from_response_body(bytes(self.body), header_length=self.header_length)
+        return {n: r.as_numpy(n) for n in names}
+
     def send(self, call: Call, payload: bytes, streaming: bool) -> None:
         self.call, self.streaming, self.status = call, streaming, 0
+        self.header_length = None
         if self.body:
             self.body = bytearray()
         call.sent = now_ns()
@@ -152,6 +162,10 @@ class HttpLane(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------------------
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.keep_answer and name.lower() == b"inference-header-content-length":
+            self.header_length = int(value)
+
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
 
@@ -162,6 +176,8 @@ class HttpLane(asyncio.Protocol):
         elif self.streaming:
             self.body += body
             self._events()
+        elif self.keep_answer:
+            self.body += body
 
     def on_message_complete(self) -> None:
         call = self.call

@@ -86,6 +86,7 @@ class LevelRun:
             lane.close()
             return
         lane.slot = self.workload.new_slot()
+        lane.keep_answer = getattr(self.workload, "needs_answer", False)
         self.lanes.add(lane)
         self.lanes_opened += 1
         then(lane)
@@ -96,6 +97,8 @@ class LevelRun:
     def _done(self, lane, call: Call) -> None:
         self.pending -= 1
         self.calls.append(call)
+        if getattr(self.workload, "needs_answer", False):      # client-held state: feed it back
+            self.workload.answered(None if lane.dead else lane.slot, call, lane)
         if lane.dead:
             self.lanes.discard(lane)
             lane.close()

@@ -2,7 +2,10 @@
 
 - infer:    a pool of requests with random valid inputs, sent round-robin;
 - sequence: each lane runs sequences of --sequence-length steps with a fresh sequence id,
-            `sequence_start` on the first step and `sequence_end` on the last;
+            `sequence_start` on the first step and `sequence_end` on the last; against a model
+            with client-held state (NAME_step_state: seqserve.state_pairs) each lane holds its
+            sequence's state instead: zeros on the first step, then each response's present_*
+            sent as the next request's past_* (no sequence id, no routing key);
 - generate: one streamed request per prompt (`text_input`, plus `max_tokens` when the model has it;
             a model conditioned on a vector, e.g. `features` FP32 [F], gets a random one in [0, 1)).
 
@@ -248,6 +251,59 @@ class SequenceWorkload:
         return self.encoder.infer(self.sequences[0][0], params)
 
 
+class _HeldSequence:
+    __slots__ = ("step", "steps", "state")
+
+    def __init__(self):
+        self.step, self.steps, self.state = 0, None, None
+
+
+class StateFeedbackWorkload:
+    """--workload sequence against NAME_step_state: each slot runs one sequence at a time and holds
+    its state; a request is encoded when it is due (its state is the previous response's), so
+    this workload costs the client an encode and a decode per request that the others do not."""
+    streaming = False
+    needs_answer = True         # the runner hands each answered call's lane to answered()
+
+    def __init__(self, encoder, sequences: list[list[dict]], length: int | None, info: ModelInfo):
+        self.encoder, self.sequences, self.length = encoder, sequences, length
+        self.pairs = [tuple(p) for p in info.state_pairs]
+        specs = {t.name: t for t in info.inputs}
+        self.zeros = {p: np.zeros([1, *specs[p].shape[1:]], dtype=_NP[specs[p].datatype]) for p, _ in self.pairs}
+        self.sequences = [[{k: v for k, v in s.items() if k not in self.zeros} for s in seq] for seq in sequences]
+        self.largest = max(len(encoder.infer({**s, **self.zeros})) for seq in self.sequences for s in seq)
+        self._pick = count()
+        self.started = self.completed = 0
+        self.state_bytes = sum(a.nbytes for a in self.zeros.values())     # sent per request (and returned)
+
+    def new_slot(self) -> _HeldSequence:
+        return _HeldSequence()
+
+    def next(self, slot: _HeldSequence) -> bytes:
+        if slot.step == 0:
+            slot.steps = self.sequences[next(self._pick) % len(self.sequences)]
+            slot.state = self.zeros
+            self.started += 1
+        return self.encoder.infer({**slot.steps[slot.step % len(slot.steps)], **slot.state})
+
+    def answered(self, slot: _HeldSequence, call, lane) -> None:
+        """The response's present_* become the slot's state; a failed step starts a new sequence."""
+        if slot is None:
+            return
+        got = None if call.error else lane.answer([o for _, o in self.pairs])
+        n = self.length or len(slot.steps)
+        if got is None or any(got.get(o) is None for _, o in self.pairs):
+            slot.step = 0
+            return
+        slot.state = {p: got[o] for p, o in self.pairs}
+        slot.step = (slot.step + 1) % n
+        if slot.step == 0:
+            self.completed += 1
+
+    def probe(self) -> bytes:
+        return self.encoder.infer({**self.sequences[0][0], **self.zeros})
+
+
 class GenerateWorkload(_Rotation):
     """Pre-encoded generate requests in turn, each sent under a routing key of its own."""
     streaming = True
@@ -320,6 +376,8 @@ def build_workload(info: ModelInfo, cfg: LoadTestConfig, encoder, protocol: str)
         data = synthesized_inputs(info, cfg, POOL, seed)
         if sequences:
             data = [data]      # one pool of steps, cycled by every sequence
+    if sequences and info.state_pairs and not info.sequence:
+        return StateFeedbackWorkload(encoder, data, cfg.sequence_length if cfg.prompts is None else None, info)
     if sequences:
         return SequenceWorkload(encoder, data, cfg.sequence_length if cfg.prompts is None else None, _id_base())
     return InferWorkload(encoder, data)

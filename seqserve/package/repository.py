@@ -203,7 +203,8 @@ def load_version(version_dir: str | Path) -> ServedVersion:
     kind = serve.get("kind") if isinstance(serve, dict) else None
     if kind not in KINDS or serve.get("graph") != KIND_GRAPH[kind]:
         raise SeqserveError(f"{version_dir / SIDECAR} has serve {serve!r}; expected "
-                            "{'kind': 'full'|'step'|'generate', 'graph': the graph that kind serves} "
+                            "{'kind': 'full'|'step'|'generate'|'classify'|'step_state', 'graph': the graph "
+                            "that kind serves} "
                             "(a version folder written by `seqserve package`)")
     graph = serve["graph"]
     if not isinstance(info.raw.get("graphs"), dict) or graph not in info.raw["graphs"]:

@@ -6,6 +6,10 @@ Triton (and our server, which reads the same message) will parse. Three kinds pe
     full      NAME           full graph, dynamic batching
     step      NAME_step      step graph, sequence batching; the server keeps the state pairs
     generate  NAME_generate  step graph behind a decoupled text-in/text-out model
+    step_state NAME_step_state  (--stateless-step, recurrent step graphs only) the step graph
+                             served statelessly with dynamic batching: the client sends every
+                             state input (past_*) and gets every present_* back, so any replica
+                             serves any step; no sequence controls
 
 and three targets, which differ only in who runs the graph (the client sees the same models):
 
@@ -42,11 +46,15 @@ from seqserve.tasks.spec import (CLASS_LOGITS, GENERATE, MASK, POSITIONS, SOURCE
 
 ModelConfig = mc.ModelConfig
 
-KINDS = ("full", "step", "generate", "classify")
+KINDS = ("full", "step", "generate", "classify", "step_state")
 TARGETS = ("seqserve", "triton-gpu", "triton-python")
 KIND_GRAPH = {"full": "full", "step": "step", "generate": "step",    # which ONNX graph each serves
-              "classify": "full"}
-SUFFIX = {"full": "", "step": "_step", "generate": "_generate", "classify": "_classify"}
+              "classify": "full", "step_state": "step"}
+SUFFIX = {"full": "", "step": "_step", "generate": "_generate", "classify": "_classify", "step_state": "_step_state"}
+
+# NAME_step_state's config names its state pairs, "past_hidden:present_hidden,past_cell:present_cell",
+# so a client knows which output feeds which input on the next step (seqserve/serve/client.py).
+STATE_PAIRS = "seqserve.state_pairs"
 
 # Graph inputs the server computes itself from the sequence it keeps (gpt's step graph); a client
 # of NAME_step sends only input_ids.
@@ -72,6 +80,7 @@ class PackageOptions:
     sequence_idle_seconds: float = 60.0  # step model: a sequence's state is dropped after this idle
     max_streams: int = 64                # generate model: concurrent generation streams
     target: str = "seqserve"             # who serves it: see TARGETS above
+    stateless_step: bool = False         # also NAME_step_state (client-held recurrent state)
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -149,9 +158,43 @@ def build_configs(info: ExportInfo, name: str, options: PackageOptions) -> dict[
             # The step state comes from once graphs (conditioned: init from features): a client
             # of NAME_step could only start from zeros, so there is none; NAME_generate runs the chain.
             del cfgs[names["step"]]
+    if options.stateless_step:
+        step_cfg = cfgs.get(names["step"])
+        cfgs[names["step_state"]] = cfg = _step_state(_stateless_step_graph(info), names["step_state"], options)
+        for o in cfg.output:        # classify/tag: the same labels and vocabulary as NAME_step
+            same = next((x for x in step_cfg.output if x.name == o.name), None) if step_cfg else None
+            if same is not None and same.label_filename:
+                o.label_filename = same.label_filename
+        if step_cfg is not None and "seqserve.vocab_size" in step_cfg.parameters:
+            cfg.parameters["seqserve.vocab_size"].string_value = step_cfg.parameters["seqserve.vocab_size"].string_value
     if options.target == "triton-gpu":
         _native_graphs(info, cfgs)
     return cfgs
+
+
+def _stateless_step_graph(info: ExportInfo) -> GraphSpec:
+    """The step graph NAME_step_state serves, or one SeqserveError line saying why there is none."""
+    what = f"--stateless-step: {info.family}"
+    try:
+        graph = info.spec.step
+    except KeyError:
+        raise SeqserveError(f"{what} has no step graph (task {info.spec.task}); nothing to serve step by step") from None
+    growing = [p for p in graph.state if p.seq_axis is not None]
+    if growing:
+        raise SeqserveError(f"{what}'s step state is a KV cache ({growing[0].input} grows by one position per "
+                            "token), which the client would send and receive whole on every step; client-held "
+                            "state is for fixed-size recurrent state: serve it with server-held state "
+                            f"({info.family}_step)")
+    if not graph.state:
+        raise SeqserveError(f"{what}'s step graph has no state pairs; there is no state for a client to hold")
+    if starts_from_once(info.spec):
+        raise SeqserveError(f"{what}'s step state starts from its {', '.join(g.name for g in info.spec.once)} "
+                            "graph, which a client of a step model cannot run; use its _generate model")
+    derived = [t.name for t in graph.inputs if t.role in DERIVED_ROLES]
+    if derived:
+        raise SeqserveError(f"{what}'s step graph takes {', '.join(derived)}, which only a server that keeps the "
+                            "sequence can derive; client-held state is for recurrent step graphs")
+    return graph
 
 
 # classify: the class_logits output names this file in the model folder (one label per line), so
@@ -360,6 +403,29 @@ def _step(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
     return _common(cfg, "step", o)
 
 
+def _step_state(graph: GraphSpec, name: str, o: PackageOptions) -> ModelConfig:
+    """NAME_step_state: the step graph's own tensors, every one required (token ids and each past_*
+    in; logits and each present_* out), dynamic batching, no sequence controls. The state inputs are
+    required, not optional (zeros when absent): Triton's onnxruntime backend refuses optional inputs
+    on a model that batches ("optional input ... is not supported for models that support
+    batching", onnxruntime.cc ValidateInputs), and the signature is the same on every target. A
+    client starts a sequence by sending zeros."""
+    cfg = ModelConfig(name=name, max_batch_size=o.max_batch_size)
+    _add_tensors(cfg.input, graph.inputs)
+    _add_tensors(cfg.output, graph.outputs)
+    cfg.dynamic_batching.max_queue_delay_microseconds = 0
+    cfg.dynamic_batching.SetInParent()
+    _runner(cfg, o, "step_state")
+    cfg.parameters[STATE_PAIRS].string_value = ",".join(f"{p.input}:{p.output}" for p in graph.state)
+    return _common(cfg, "step_state", o)
+
+
+def state_pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """[(past input, present output)] of a NAME_step_state config (its seqserve.state_pairs)."""
+    text = cfg.parameters[STATE_PAIRS].string_value if STATE_PAIRS in cfg.parameters else ""
+    return [tuple(x.split(":", 1)) for x in text.split(",") if ":" in x]
+
+
 def _generate(name: str, o: PackageOptions, spec=None) -> ModelConfig:
     cfg = ModelConfig(name=name, max_batch_size=0)
     cfg.model_transaction_policy.decoupled = True    # many responses (text pieces) per request
@@ -486,6 +552,15 @@ def check_against_onnx(cfg: ModelConfig, onnx_path: str | Path, spec: GraphSpec)
         return problems
 
     batched = cfg.max_batch_size > 0
+    if text_kind == "step_state":       # the state pairs are plain inputs and outputs, named in the config
+        pairs = state_pairs(cfg)
+        if set(pairs) != {(p.input, p.output) for p in spec.state}:
+            problems.append(f"{STATE_PAIRS} {pairs} is not the {spec.name} graph's state pairs "
+                            f"{[(p.input, p.output) for p in spec.state]}")
+        for p in spec.state:
+            if p.input not in {t.name for t in cfg.input} or p.output not in {t.name for t in cfg.output}:
+                problems.append(f"state pair {p.input} -> {p.output} of the {spec.name} graph is not a config "
+                                "input and output")
     for t in cfg.input:
         problems += _compare("input", t.name, t.data_type, list(t.dims), inputs, batched)
     for t in cfg.output:
@@ -497,7 +572,7 @@ def check_against_onnx(cfg: ModelConfig, onnx_path: str | Path, spec: GraphSpec)
     have_pairs = {(s.input_name, s.output_name) for s in states}
     own = keeps_own_state(cfg)
     for p in spec.state:
-        if own:         # the model keeps the state itself: the graph's state pairs are its business
+        if own or text_kind == "step_state":    # kept by the model itself, or by the client
             break
         if (p.input, p.output) not in have_pairs:
             problems.append(f"state pair {p.input} -> {p.output} of the {spec.name} graph has no "

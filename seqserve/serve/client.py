@@ -1,4 +1,5 @@
-"""Streamed generation from a running server — seqserve's or Triton — for `seqserve generate --url`.
+"""Streamed generation from a running server — seqserve's or Triton — for `seqserve generate --url`,
+and StepStateClient: a step model with client-held state (NAME_step_state), step by step.
 
 Speaks only the public protocol, so it works against any server with a generation model that
 takes `text_input` (+ sampling inputs) and streams `text_output` / `finish_reason`:
@@ -17,6 +18,8 @@ import json
 import queue
 import threading
 from typing import Iterator
+
+import numpy as np
 from urllib.parse import urlparse
 
 from seqserve.dtypes import NUMPY
@@ -228,3 +231,147 @@ def _error_text(body: bytes) -> str:
         return json.loads(body).get("error", body.decode(errors="replace"))
     except (ValueError, AttributeError):
         return body.decode(errors="replace")[:200]
+
+
+# ---- client-held state: NAME_step_state ------------------------------------------------------------
+
+class StepStateClient:
+    """Drives a step model with client-held state (`seqserve package --stateless-step`:
+    NAME_step_state) over HTTP or gRPC, seqserve's server or Triton:
+
+        client = StepStateClient("grpc://HOST:8001", "lstm")        # or "lstm_step_state"
+        seq = client.sequence()                                      # state: zeros (a new sequence)
+        for chunk in chunks:
+            logits = seq.step(chunk)         # sends input_ids + past_*, keeps present_* for the next step
+        # or at once: client.step_sequence(chunks) -> [logits of each chunk]
+
+    Nothing is kept by the server, so no request carries a sequence id or a routing key: any
+    replica serves any step. The state pairs come from the config's `seqserve.state_pairs`
+    (past_hidden:present_hidden, ...); a model without it pairs past_X with present_X by name."""
+
+    def __init__(self, url: str, model: str, timeout: float = 30.0, api_key: str | None = None):
+        u = urlparse(url if "://" in url else f"http://{url}")
+        if u.scheme not in ("http", "https", "grpc") or not u.hostname:
+            raise SeqserveError(f"url {url!r} is not a server address; expected http://HOST:PORT or grpc://HOST:PORT")
+        self.scheme = u.scheme
+        port = u.port or {"http": 8000, "https": 443, "grpc": 8001}[u.scheme]
+        self.where = f"{u.scheme}://{u.hostname}:{port}"
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+        if self.scheme == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        self._tc = tc
+        kw = {} if self.scheme == "grpc" else {"connection_timeout": timeout, "network_timeout": timeout,
+                                                "ssl": self.scheme == "https"}
+        self.client = tc.InferenceServerClient(f"{u.hostname}:{port}", **kw)
+        self.timeout = timeout
+        self.model, meta, config = self._resolve(model)
+        self.pairs = _state_pairs(config, meta)
+        if not self.pairs:
+            raise SeqserveError(f"model '{self.model}' at {self.where} takes no state inputs (no seqserve.state_pairs "
+                                "and no past_*/present_* tensors); package with --stateless-step for NAME_step_state")
+        shapes = {i["name"]: (i["datatype"], [int(d) for d in i["shape"]]) for i in meta["inputs"]}
+        self.state_specs = {p: shapes[p] for p, _ in self.pairs}          # datatype, [-1, dims...]
+        self.inputs = [n for n in shapes if n not in self.state_specs]    # token ids (and anything else)
+        self.outputs = [o["name"] for o in meta["outputs"]]
+
+    def _resolve(self, model: str):
+        from tritonclient.utils import InferenceServerException
+
+        last = ""
+        for name in dict.fromkeys((model, f"{model}_step_state")):
+            try:
+                if self.scheme == "grpc":
+                    meta = self.client.get_model_metadata(name, headers=self.headers, as_json=True)
+                    config = self.client.get_model_config(name, headers=self.headers, as_json=True).get("config", {})
+                else:
+                    meta = self.client.get_model_metadata(name, headers=self.headers)
+                    config = self.client.get_model_config(name, headers=self.headers)
+            except InferenceServerException as e:
+                last = (e.message() or str(e)).splitlines()[0]
+                continue
+            if _state_pairs(config, meta):
+                return name, meta, config
+        raise SeqserveError(f"the server at {self.where} has no step model with client-held state '{model}' or "
+                            f"'{model}_step_state'" + (f" ({last})" if last else ""))
+
+    def zeros(self, rows: int = 1) -> dict:
+        """The state of `rows` new sequences: zeros, past input name -> array [rows, dims...]."""
+        return {n: np.zeros([rows, *s[1:]], dtype=NUMPY[dt]) for n, (dt, s) in self.state_specs.items()}
+
+    def infer(self, ids, state: dict, extra: dict | None = None) -> tuple[dict, dict]:
+        """One step: ids [B, S] with `state` (past name -> [B, ...]) -> (every output by name, the
+        next state: present_* as the past names)."""
+        from seqserve.dtypes import kserve_datatype
+
+        tc, binary = self._tc, {} if self.scheme == "grpc" else {"binary_data": True}
+        arrays = {self.inputs[0]: np.ascontiguousarray(ids, dtype=np.int64), **(extra or {}), **state}
+        xs = []
+        for name, a in arrays.items():
+            x = tc.InferInput(name, list(a.shape), kserve_datatype(a))
+            x.set_data_from_numpy(np.ascontiguousarray(a), **binary)
+            xs.append(x)
+        outs = [tc.InferRequestedOutput(n, **binary) for n in self.outputs]
+        try:
+            kw = {"client_timeout": self.timeout} if self.scheme == "grpc" else {}
+            r = self.client.infer(self.model, xs, outputs=outs, headers=self.headers, **kw)
+        except Exception as e:    # noqa: BLE001 - tritonclient raises InferenceServerException or transport errors
+            msg = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+            raise SeqserveError(f"{self.where} model '{self.model}': {msg}") from None
+        got = {n: r.as_numpy(n) for n in self.outputs}
+        return got, {p: got[o] for p, o in self.pairs}
+
+    def sequence(self, rows: int = 1) -> "StatelessSequence":
+        return StatelessSequence(self, rows)
+
+    def step_sequence(self, chunks) -> list:
+        """Each chunk of token ids (a list, or [1, S] / [B, S] array) as one step of one sequence
+        (or B sequences); the logits of every step."""
+        first = np.asarray(chunks[0])
+        seq = self.sequence(first.shape[0] if first.ndim == 2 else 1)
+        return [seq.step(c) for c in chunks]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class StatelessSequence:
+    """One sequence (or `rows` of them, one request per step) whose state this object holds:
+    each step sends it and keeps what came back. `state_bytes` is the state sent per request
+    (the same comes back)."""
+
+    def __init__(self, client: StepStateClient, rows: int = 1):
+        self.client, self.rows = client, rows
+        self.state = client.zeros(rows)
+        self.outputs: dict = {}
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(a.nbytes for a in self.state.values())
+
+    def step(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[None]
+        self.outputs, self.state = self.client.infer(ids, self.state)
+        logits = self.client.outputs[0] if "logits" not in self.outputs else "logits"
+        return self.outputs[logits]
+
+
+def _state_pairs(config: dict, meta: dict) -> list[tuple[str, str]]:
+    """[(past input, present output)]: the config's seqserve.state_pairs, else past_X/present_X by name."""
+    text = (((config or {}).get("parameters") or {}).get("seqserve.state_pairs") or {}).get("string_value") or ""
+    if text:
+        return [tuple(x.split(":", 1)) for x in text.split(",") if ":" in x]
+    if (config or {}).get("sequence_batching"):
+        return []            # the server keeps this model's state (NAME_step)
+    ins = {i["name"] for i in meta.get("inputs", [])}
+    outs = {o["name"] for o in meta.get("outputs", [])}
+    return [(i, "present_" + i[5:]) for i in sorted(ins) if i.startswith("past_") and "present_" + i[5:] in outs]

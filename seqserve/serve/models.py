@@ -5,7 +5,9 @@ against the config (names, datatypes, shapes, batch limit, token ids in the voca
 statistics. The kinds differ only in how work is scheduled on their worker thread:
 - FullModel (here): stateless full-sequence graph, dynamic batching of same-shape requests;
 - StepModel (sequences.py): stateful sequences, server-held state, continuous batching;
-- GenerateModel (generate.py): text in, streamed text out, continuous batching of streams.
+- GenerateModel (generate.py): text in, streamed text out, continuous batching of streams;
+- StatelessStepModel (here): the step graph with client-held state (NAME_step_state): a FullModel
+  whose inputs include every past_* and whose outputs include every present_*.
 """
 
 from __future__ import annotations
@@ -333,3 +335,14 @@ class _DynamicBatcher(Worker):
             replies.resolve(j.loop, j.fut, error)
             self.model.stats.request_failed(now_ns() - j.t0, reason)
         replies.flush()
+
+
+class StatelessStepModel(FullModel):
+    """NAME_step_state (`seqserve package --stateless-step`): one step of a recurrent step graph
+    with the state sent by the client (past_hidden/past_cell [B, layers, hidden]) and returned
+    (present_*). Nothing is kept between requests, so any replica serves any step. Scheduled as
+    FullModel: queued requests whose tensors have equal shapes after the batch axis (the same
+    number of new tokens) are stacked into one ONNX Runtime call; each state input must hold one
+    finite row per token-id row and the config's dims (a 400 names them otherwise)."""
+
+    kind = "step_state"

@@ -40,13 +40,15 @@ class _Entry:
 def _model_class(kind: str):
     from seqserve.serve.classify_text import ClassifyTextModel
     from seqserve.serve.generate import GenerateModel
-    from seqserve.serve.models import FullModel
+    from seqserve.serve.models import FullModel, StatelessStepModel
     from seqserve.serve.sequences import StepModel
 
     try:
-        return {"full": FullModel, "step": StepModel, "generate": GenerateModel, "classify": ClassifyTextModel}[kind]
+        return {"full": FullModel, "step": StepModel, "generate": GenerateModel, "classify": ClassifyTextModel,
+                "step_state": StatelessStepModel}[kind]
     except KeyError:
-        raise SeqserveError(f"unknown served model kind {kind!r}; expected full, step, generate or classify") from None
+        raise SeqserveError(f"unknown served model kind {kind!r}; expected full, step, generate, classify or "
+                            "step_state") from None
 
 
 def _chosen_versions(config, available: list[int]) -> list[int]:
