@@ -97,6 +97,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--vocab", type=int, default=1000)
+    ap.add_argument("--json", type=Path, dest="json_out", help="also write the results to this JSON file")
+    ap.add_argument("--plot", type=Path, help="also write a PNG of per-token latency vs context here")
     a = ap.parse_args()
     contexts = [int(c) for c in a.contexts.split(",")]
     torch.set_num_threads(a.threads)
@@ -127,7 +129,22 @@ def main():
             rows.append({"context": C, "load": load, **{v.name: stats(v.times) for v in vs},
                          "diff": {v.name: float(np.abs(v.first_logits - ref).max()) for v in vs if v is not vs[1]}})
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    render(con, rows, a, n_params, export_s, time.perf_counter() - t_start)
+    elapsed = time.perf_counter() - t_start
+    render(con, rows, a, n_params, export_s, elapsed)
+    if a.plot:
+        from seqserve.bench.output import plot_lines
+
+        plot_lines(a.plot, {v: ([r["context"] for r in rows], [r[v]["median_ms"] for r in rows]) for v in VARIANTS},
+                   xlabel="context (tokens)", ylabel="ms per new token (median)", log_x=True,
+                   title="Brought Transformer LM, batch 1: per-token latency vs context (byom_decode.py)")
+        con.print(f"plot written to {a.plot}", highlight=False)
+    if a.json_out:
+        from seqserve.bench.serve import write_json
+
+        write_json({"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+                    "params_m": n_params, "export_s": export_s, "elapsed_s": elapsed, "rows": rows,
+                    "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__}}, a.json_out)
+        con.print(f"results written to {a.json_out}", highlight=False)
 
 
 def render(con, rows, a, n_params: float, export_s: float, elapsed: float) -> None:

@@ -416,6 +416,7 @@ def parse_args(argv=None):
                     help="wait up to this many seconds for other processes to go quiet (default 60)")
     ap.add_argument("--retries", type=int, default=2, help="reruns of a level the machine was busy during (default 2)")
     ap.add_argument("--json", type=Path, dest="json_out", help="write the results to this file")
+    ap.add_argument("--plot", type=Path, help="write a PNG of tokens/s vs concurrent streams here")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: levels 1,16, 1 s windows, one round; trains 5 steps on 1 MB")
     args = ap.parse_args(argv)
@@ -446,8 +447,25 @@ def parse_args(argv=None):
     return args
 
 
+def plot(results: dict, path: Path) -> Path:
+    """Aggregate tokens/s against the number of concurrent streams: one line per model and protocol."""
+    from seqserve.bench.output import plot_lines
+
+    series = {f"{fam}_generate, {proto}": ([int(n) for n in levels], [s["tokens_per_s"] for s in levels.values()])
+              for fam, by_proto in results["results"].items() for proto, levels in by_proto.items()}
+    return plot_lines(path, series, xlabel="concurrent streams", ylabel="generated tokens / s", log_x=True,
+                      title="Continuous batching: aggregate tokens/s vs concurrency (continuous_batching.py)")
+
+
 def main(argv=None) -> int:
-    return bench_main(parse_args(argv), run, render, width=180)
+    args = parse_args(argv)
+
+    def render_all(results, console):
+        render(results, console)
+        if args.plot:
+            console.print(f"plot written to {plot(results, args.plot)}", highlight=False)
+
+    return bench_main(args, run, render_all, width=180)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runnable from a plain checkout
 
-from cli.main import app  # noqa: E402
+import typer  # noqa: E402
+
+from cli.bench import command  # noqa: E402
+from cli.common import handle_errors  # noqa: E402
 
 if __name__ == "__main__":
-    app(args=["bench", *sys.argv[1:]], prog_name="decode_latency.py")
+    # One command, not the CLI's group: --help's usage line reads "decode_latency.py [OPTIONS]".
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(handle_errors(command))
+    app(prog_name="decode_latency.py")

@@ -33,21 +33,21 @@ def bench(
     rounds: Annotated[int, typer.Option(help="Interleaved rounds.")] = 12,
     preset: Annotated[str, typer.Option(help="Model preset (random weights).")] = "small",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every run's results here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of per-token latency vs context here.")] = None,
 ):
     """Per-token decode latency at batch 1, fp32 vs int8, at each thread count; ratios vs torch."""
-    from rich.console import Console
     from rich.table import Table
 
     from seqserve.bench import BenchConfig, parse_list, run_benchmark
+    from seqserve.bench.output import console, plot_lines, progress
     from seqserve.bench.report import TARGET_INT8_CONTEXTS, TARGET_INT8_SPEEDUP
 
-    out = Console(width=None if sys.stdout.isatty() else 160)     # no 80-column cut when redirected
-    err = Console(stderr=True)
+    out = console()                    # no 80-column cut when redirected
     runs = {}
     for n in parse_list(threads, "threads", int):
         cfg = BenchConfig(families=parse_list(families, "families"), contexts=parse_list(contexts, "contexts", int),
                           steps=steps, rounds=rounds, threads=n, preset=preset, int8=True)
-        runs[n] = run_benchmark(cfg, progress=lambda m: err.print(f"[dim]{m}[/]", highlight=False))
+        runs[n] = run_benchmark(cfg, progress=progress())
     first = next(iter(runs.values()))
     out.print(f"[bold]int8 decode, batch 1[/] - {first['machine']['cpu']}; median ms per token "
               f"({rounds} interleaved rounds x {steps} steps); ratios = torch eager fp32 with cache / variant",
@@ -79,6 +79,15 @@ def bench(
                 tab.add_row(str(n), r["family"], f"{t:.3f}", f"{f:.3f}", f"{q:.3f}", f"{t / f:.2f}x", f"{t / q:.2f}x",
                             f"{f / q:.2f}x", _share(r))
         out.print(tab)
+    if plot is not None and first.get("gpt"):
+        series = {}
+        for n, res in runs.items():
+            cs = res["gpt"]["contexts"]
+            for k, name in (("torch_cache", "torch fp32 cache"), ("ort_cache", "ORT fp32"), ("ort_int8", "ORT int8")):
+                series[f"{name}, {n} thread(s)"] = ([r["context"] for r in cs], [r[k]["median_ms"] for r in cs])
+        plot_lines(plot, series, xlabel="context (tokens)", ylabel="ms per token (median)", log_x=True,
+                   title=f"GPT {preset} decode, batch 1: per-token latency vs context, fp32 vs int8 (int8_decode.py)")
+        out.print(f"plot written to {plot}", highlight=False)
     if json_out is not None:
         json_out.write_text(json.dumps({str(n): r for n, r in runs.items()}, indent=2) + "\n")
         out.print(f"results written to {json_out}", highlight=False)

@@ -158,11 +158,25 @@ def ratios(res: dict) -> list[dict]:
     return rows
 
 
+def plot(res: dict, path: Path) -> Path:
+    """Per-token latency (median ms) against the context, batch 1: one line per variant and thread count."""
+    from seqserve.bench.output import plot_lines
+
+    series = {}
+    for threads in sorted({c["threads"] for c in res["cases"]}):
+        b1 = sorted((c for c in res["cases"] if c["batch"] == 1 and c["threads"] == threads), key=lambda c: c["context"])
+        for v in VARIANTS:
+            series[f"{v}, {threads} thread(s)"] = ([c["context"] for c in b1], [c[v]["median_ms"] for c in b1])
+    return plot_lines(path, series, xlabel="context (tokens)", ylabel="ms per token (median)", log_x=True,
+                      title="GPT small decode, batch 1: per-token latency vs context (kv_cache.py)")
+
+
 def render(res: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 160)   # redirected: no 80-column cut
+    from seqserve.bench.output import console as wide_console
+
+    console = wide_console()                                         # redirected: no 80-column cut
     tab = Table(title="GPT small decode, ms per token (median / p90); batch 16 cells = call / 16",
                 title_justify="left")
     for col in ("threads", "case", "torch cache", "ORT concat", "ORT static", "torch /\nconcat", "torch /\nstatic",
@@ -197,6 +211,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-len", type=int, default=2048, help="static buffer positions (export --kv-cache static:N)")
     p.add_argument("--no-ragged", dest="ragged", action="store_false", help="skip the batch-16 ragged case")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--plot", type=Path, help="also write a PNG of per-token latency vs context here")
     args = p.parse_args(argv)
     args.contexts = [int(x) for x in args.contexts.split(",")]
     args.threads = [int(x) for x in args.threads.split(",")]
@@ -206,6 +221,8 @@ def main(argv=None) -> None:
         res = measure(args, Path(tmp), lambda m: print(m, file=sys.stderr, flush=True) if sys.stderr.isatty() else None)
     res["ratios"] = ratios(res)
     render(res)
+    if args.plot:
+        print(f"plot written to {plot(res, args.plot)}")
     if args.json:
         args.json.write_text(json.dumps({**res, "config": {k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in res["config"].items()}}, indent=2) + "\n")

@@ -107,6 +107,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, dest="json_out", help="also write the results to this JSON file")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.checkpoint:
@@ -161,6 +162,13 @@ def main():
         for mode in modes:
             once, re, te = (results[(v, mode)] for v in variants)
             print(f"{mode}: recompute / once = {re / once:.2f}x, torch / ort once = {te / once:.2f}x")
+    if a.json_out:
+        from seqserve.bench.serve import write_json
+
+        write_json({"config": vars(a), "ms_per_new_token": {mode: {name: results[(name, mode)] for name in variants}
+                                                            for mode in modes},
+                    "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__}}, a.json_out)
+        print(f"results written to {a.json_out}")
 
 
 if __name__ == "__main__":

@@ -209,10 +209,11 @@ def _median_dicts(ds: list[dict]) -> dict:
 # ---- output -------------------------------------------------------------------------------------
 
 def render(results: dict, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from seqserve.bench.output import console as wide_console
+
+    console = console or wide_console()
     m, cfg = results["machine"], results["config"]
     console.print(f"[bold]Embedded server vs Triton (python backend)[/] - {m['cpu']}, {m['nproc']} CPUs; "
                   f"same repository (--target triton-python), same models, one server at a time; ORT intra-op "

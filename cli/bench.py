@@ -21,19 +21,27 @@ def command(
     seed: Annotated[int, typer.Option(help="Seed for weights and tokens.")] = 0,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also time the `export --quantize int8` graphs.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG of GPT per-token latency vs context here.")] = None,
 ):
     """Per-token decode latency at batch 1: torch eager with and without KV cache vs ONNX Runtime (fp32 and int8).
 
     Builds random-weight models, exports them with seqserve's own export, times decode steps after a prefill with the variants interleaved, and prints medians, p90s, ratios and PASS/MISS against the targets.
     """
-    from cli.common import console, err_console
     from seqserve.bench import BenchConfig, parse_list, render, run_benchmark, write_json
+    from seqserve.bench.output import console as wide_console, progress
+    from seqserve.bench.report import plot as plot_results
 
     config = BenchConfig(families=parse_list(families, "families"), contexts=parse_list(contexts, "contexts", int),
                          steps=steps, rounds=rounds, warmup=warmup, nocache_steps=nocache_steps, threads=threads,
                          rnn_context=rnn_context, preset=preset, seed=seed, int8=int8)
-    results = run_benchmark(config, progress=lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
+    if plot is not None and "gpt" not in config.families:
+        raise typer.BadParameter("--plot draws GPT per-token latency vs context: include gpt in --families",
+                                 param_hint="--plot")
+    results = run_benchmark(config, progress=progress())
+    console = wide_console()           # redirected: no 80-column cut
     render(results, console)
+    if plot is not None:
+        console.print(f"plot written to {plot_results(results, plot)}", highlight=False)
     if json_out is not None:
         write_json(results, json_out)
         console.print(f"results written to {json_out}", highlight=False)

@@ -28,6 +28,9 @@ def command(
     device: Annotated[str, typer.Option(help="cpu or cuda (ONNX Runtime CUDA provider, caches kept on the GPU).")] = "cpu",
     intra_op_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads per model; 0 = one per core.")] = 0,
     inter_op_threads: Annotated[int, typer.Option(help="ONNX Runtime inter-op threads per model.")] = 1,
+    ort_spinning: Annotated[Optional[bool], typer.Option(
+        "--ort-spinning/--no-ort-spinning",
+        help="Let ONNX Runtime's idle pool threads spin (session.intra_op.allow_spinning); default: ORT's (spin).")] = None,
     api_key: Annotated[Optional[str], typer.Option(
         help="Require `Authorization: Bearer KEY` (default: $SEQSERVE_API_KEY; health checks stay open).")] = None,
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 above).")] = 64 << 20,
@@ -50,6 +53,7 @@ def command(
                             drain_seconds=drain_seconds, python_env=python_env, triton_log=triton_log,
                             triton_arg=triton_arg, ignored={
                                 "--intra-op-threads": intra_op_threads != 0, "--inter-op-threads": inter_op_threads != 1,
+                                "--ort-spinning": ort_spinning is not None,
                                 "--max-request-bytes": max_request_bytes != 64 << 20})
     from seqserve.runtime import RuntimeOptions
     from seqserve.serve.server import ServerConfig, run_server
@@ -58,7 +62,8 @@ def command(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         api_key=api_key or os.environ.get("SEQSERVE_API_KEY") or None, max_request_bytes=max_request_bytes,
         drain_seconds=drain_seconds, models=tuple(model or ()),
-        runtime=RuntimeOptions(device=device, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads))
+        runtime=RuntimeOptions(device=device, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                               allow_spinning=ort_spinning))
     console.print(f"loading models from {repository} …", markup=False, highlight=False)
     run_server(config, on_loaded=print_models, on_ready=print_endpoints)
     console.print("server stopped", style="dim")

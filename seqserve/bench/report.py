@@ -71,10 +71,11 @@ def _mark(ok: bool | None) -> str:
 
 def render(results: dict, console=None) -> None:
     """Print the results as rich tables: latencies (median / p90 ms per token), then the ratios."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from seqserve.bench.output import console as wide_console
+
+    console = console or wide_console()
     t = results["threads"]
     cfg = results["config"]
     console.print(f"[bold]Decode latency per token, batch 1[/] - {results['machine']['cpu']}, "
@@ -138,6 +139,21 @@ def render(results: dict, console=None) -> None:
                       "ratios are not trustworthy - rerun on a quiet machine", highlight=False)
     console.print(f"[dim]{results['elapsed_s']} s; onnxruntime {results['versions']['onnxruntime']}, "
                   f"torch {results['versions']['torch']}[/]", highlight=False)
+
+
+def plot(results: dict, path: str | Path) -> Path:
+    """PNG of GPT per-token latency (median ms) against the context, one line per variant."""
+    from seqserve.bench.output import plot_lines
+
+    cs = (results.get("gpt") or {}).get("contexts") or []
+    if not cs:
+        raise SeqserveError("--plot needs the gpt family (per-token latency vs context)")
+    names = {"torch_cache": "torch eager, cache", "torch_nocache": "torch eager, no cache",
+             "ort_cache": "ORT fp32", "ort_int8": "ORT int8"}
+    series = {label: ([r["context"] for r in cs], [r[k]["median_ms"] for r in cs])
+              for k, label in names.items() if k in cs[0]}
+    return plot_lines(path, series, xlabel="context (tokens)", ylabel="ms per token (median)", log_x=True,
+                      title=f"GPT decode, batch 1, {results['threads']} thread(s): per-token latency vs context")
 
 
 def write_json(results: dict, path: str | Path) -> None:

@@ -292,6 +292,18 @@ else:
     resp = pb.ModelInferResponse(model_name="floor", model_version="1")
     t = resp.outputs.add(); t.name, t.datatype = "logits", "FP32"; t.shape.extend([1, 1, vocab])
     resp.raw_output_contents.append(logits.tobytes())
+    if kind == "grpc_sync":        # synchronous grpcio on a thread pool: the other way to serve gRPC
+        from concurrent import futures
+        class SyncServicer(pbg.GRPCInferenceServiceServicer):
+            def ModelInfer(self, request, context):
+                return resp
+        server = grpc.server(futures.ThreadPoolExecutor(4))
+        pbg.add_GRPCInferenceServiceServicer_to_server(SyncServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        print(f"SEQSERVE_READY grpc={port}", flush=True)
+        server.wait_for_termination()
+        sys.exit(0)
     class Servicer(pbg.GRPCInferenceServiceServicer):
         async def ModelInfer(self, request, context):
             return resp
@@ -309,7 +321,8 @@ else:
 class FloorServer(ServerProcess):
     """The protocol stack's floor: the same libraries seqserve serves with (Starlette on uvicorn with
     httptools; grpc.aio with Triton's service) answering every infer with a canned logits response,
-    no model, no parsing of the request beyond reading it. kind: "http" or "grpc"."""
+    no model, no parsing of the request beyond reading it. kind: "http", "grpc" or "grpc_sync"
+    (synchronous grpcio on a 4-thread pool)."""
 
     def __init__(self, kind: str, vocab: int):
         super().__init__(Path("."))
@@ -452,12 +465,10 @@ def wait_quiet(max_wait: float, report=None, exclude_pids=()) -> float | None:
 
 
 def console(width: int = 150):
-    """A rich console for the result tables: at least `width` columns when not on a terminal, so
-    that tables pasted from a log keep their shape."""
-    from rich.console import Console
+    """The result tables' console: seqserve/bench/output.py's (no 80-column cut when redirected)."""
+    from seqserve.bench.output import console as wide
 
-    c = Console()
-    return c if c.is_terminal else Console(width=max(width, c.width))
+    return wide(width)
 
 
 # ---- prompts ---------------------------------------------------------------------------------

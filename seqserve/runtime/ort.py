@@ -24,6 +24,9 @@ class RuntimeOptions:
     inter_op_threads: int = 1      # graphs here are sequential; parallel executor does not pay
     graph_optimization: str = "all"  # "disable" | "basic" | "extended" | "all"
     io_binding: bool | None = None   # None: on for cuda, off for cpu (no gain measured on CPU)
+    # session.intra_op.allow_spinning / inter_op: None = ONNX Runtime's default (spin). Idle pool
+    # threads spinning compete with the server's event loop on a small machine (serve_overhead.py).
+    allow_spinning: bool | None = None
 
     def __post_init__(self):
         if self.device not in ("cpu", "cuda"):
@@ -43,6 +46,10 @@ def create_session(path: str | Path, options: RuntimeOptions = RuntimeOptions())
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if options.allow_spinning is not None:
+        flag = "1" if options.allow_spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        so.add_session_config_entry("session.inter_op.allow_spinning", flag)
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -13,6 +13,7 @@ import errno
 import functools
 import hmac
 import logging
+import time
 
 import grpc
 from google.protobuf.json_format import ParseDict
@@ -36,6 +37,15 @@ _CODES = {
 _PUBLIC = frozenset({"ServerLive", "ServerReady"})   # like /v2/health/*: no API key needed
 _STREAM_QUEUE = 256
 _WAKE = object()     # a stream's queue item that carries no response: look at the state again
+# Inline runs over gRPC (worker.py). grpc.aio hands the loop one new RPC per pass, so concurrent
+# ModelInfer calls each look alone after the yields that catch concurrent HTTP requests, and running
+# them inline cost continuous batching. Instead, a ModelInfer may run inline only while the
+# servicer has seen no sign of concurrency for _CALM_S: another ModelInfer in flight when one
+# arrives, or one arriving within _BURST_GAP_S of the previous one's answer (a waiting RPC
+# is handed over within tens of microseconds; one client's next call comes after a round trip:
+# encode, write, the client's parse and send, our read - several hundred microseconds here).
+_BURST_GAP_S = 100e-6
+_CALM_S = 1.0
 
 
 class Undecodable:
@@ -98,6 +108,9 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.repo = repo
         self.ending = False
         self._streams: set = set()      # a wake-up per open ModelStreamInfer call
+        self._in_flight = 0             # ModelInfer calls being handled
+        self._last_answer = 0.0         # when the last one returned (time.monotonic)
+        self._concurrent_until = 0.0    # no inline runs before this time
 
     @_rpc
     async def ServerLive(self, request, context):
@@ -159,9 +172,18 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
-        req = decode_grpc_infer(request)
-        resp = await self.repo.get(req.model, req.version).infer(req)
-        return encode_grpc_infer(resp, req)
+        now = time.monotonic()
+        if self._in_flight or now - self._last_answer < _BURST_GAP_S:
+            self._concurrent_until = now + _CALM_S
+        self._in_flight += 1
+        try:
+            req = decode_grpc_infer(request)
+            req.inline_ok = now >= self._concurrent_until
+            resp = await self.repo.get(req.model, req.version).infer(req)
+            return encode_grpc_infer(resp, req)
+        finally:
+            self._in_flight -= 1
+            self._last_answer = time.monotonic()
 
     def end_streams(self) -> None:
         """Shutdown (after the models ended every request with a terminal answer): each open

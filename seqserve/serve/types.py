@@ -50,10 +50,11 @@ class InferRequest:
     # Request parameters, decoded to Python values: sequence_id (int or str), sequence_start /
     # sequence_end (bool), binary_data_output (bool), generation parameters, ...
     parameters: dict = field(default_factory=dict)
-    # May a small request that looks alone run inline on the loop (worker.py)? Not over gRPC:
-    # grpc.aio hands RPCs to the loop one per pass, so concurrent ones look alone and inline runs
-    # stopped them batching (measured at concurrency 8: 1.05 requests per execution, 0.78x
-    # Triton's throughput; HTTP requests read together batch at 6.5 per execution).
+    # May a small request that looks alone run inline on the loop (worker.py)? Over gRPC only
+    # when the servicer has seen no concurrency lately (grpc_service.py): grpc.aio hands RPCs to
+    # the loop one per pass, so concurrent ones look alone and inline runs stopped them batching
+    # (measured at concurrency 8: 1.05 requests per execution, 0.78x Triton's throughput; HTTP
+    # requests read together batch at 6.5 per execution).
     inline_ok: bool = True
 
 
