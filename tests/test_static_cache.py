@@ -112,9 +112,14 @@ def test_kv_cache_option_errors(checkpoint):
         parse_kv_cache("static", build_model("lstm", make_config("lstm", "tiny", 20)).spec())
 
 
-def test_package_refuses_a_static_export(static_export, tmp_path):
+def test_package_serves_a_static_export_on_the_slot_pool_only(static_export, tmp_path):
+    """`seqserve package` (target seqserve) writes NAME and NAME_generate (the slot pool: see
+    tests/test_slot_pool.py), no NAME_step; other targets are refused before anything is written."""
+    from seqserve.package import PackageOptions
     from seqserve.package.repository import package_export
 
     with pytest.raises(SeqserveError, match="--kv-cache concat"):
-        package_export(static_export.path, tmp_path / "repo")
+        package_export(static_export.path, tmp_path / "repo", options=PackageOptions(target="triton-gpu"))
     assert not (tmp_path / "repo").exists()
+    models = {m.name for m in package_export(static_export.path, tmp_path / "repo")}
+    assert models == {"gpt", "gpt_generate"}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import re
 import secrets
@@ -35,7 +36,7 @@ from seqserve.io import atomic_write_text, check_replaceable
 from seqserve.package.triton_gpu_graphs import backend_problems, write_backend_graph
 from seqserve.package.triton_config import (KIND_GRAPH, KINDS, ModelConfig, PackageOptions, build_configs, label_files,
                                             served_graphs,
-                                            check_against_onnx, kind_of, parse_config, target_of,
+                                            check_against_onnx, kind_of, model_names, parse_config, target_of,
                                             to_pbtxt, type_name)
 
 CONFIG = "config.pbtxt"
@@ -240,16 +241,26 @@ def load_resolved(model_dir: str | Path, version: int, folder: Path | None = Non
 def package_export(export_dir: str | Path, repository: str | Path, name: str | None = None,
                    version: int | None = None, options: PackageOptions = PackageOptions()) -> list[PackagedModel]:
     info = load_export(export_dir)
-    if info.spec.extra.get("kv_cache") == "static":
-        # The servers feed state as the concat graph takes it (NAME_step, Triton implicit state);
-        # an in-place slot pool is issue 13 target 2. GQA has no fp32 CUDA kernel (DESIGN.md).
-        raise SeqserveError(f"{info.path} was exported with --kv-cache static (an in-place KV cache), which the "
-                            "servers do not run yet; package an export made with --kv-cache concat")
+    static = info.spec.extra.get("kv_cache") == "static"
+    if static and options.target != "seqserve":
+        # Triton feeds state as the concat graph takes it (implicit state); the slot pool that
+        # runs an in-place cache is seqserve's generation scheduler. GQA has no fp32 CUDA kernel.
+        raise SeqserveError(f"{info.path} was exported with --kv-cache static (an in-place KV cache), which "
+                            f"target {options.target} does not run (only --target seqserve serves it, on a slot "
+                            "pool); package an export made with --kv-cache concat")
     name = info.family if name is None else name
     repository = Path(repository)
     if repository.exists() and not repository.is_dir():
         raise SeqserveError(f"repository {repository} is a file; expected a folder (it is created if missing)")
     configs = build_configs(info, name, options)          # also checks the name
+    if static:
+        # NAME_generate runs the in-place cache on a slot pool (serve/slot_pool.py); client-driven
+        # sequences (NAME_step) would each need a slot held between their requests: not packaged.
+        dropped = model_names(name)["step"]
+        if configs.pop(dropped, None) is not None:
+            logging.getLogger(__name__).warning(
+                "%s: exported with --kv-cache static; %s (client-driven sequences) is not packaged for an "
+                "in-place cache, only %s and %s_generate", info.path, dropped, name, name)
     kinds = {model: kind_of(cfg) for model, cfg in configs.items()}
 
     # 1. Everything that can be refused, before writing anything.

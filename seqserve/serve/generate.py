@@ -56,6 +56,7 @@ class _Stream:
     done: bool = field(default=False)
     once_inputs: dict | None = None       # inputs of the task's once graphs (features [1, F]), or None
     shutdown: bool = False                # ended by the server's shutdown: send the rest at once
+    slot: int = -1                        # its row of the slot pool (an in-place KV cache), or -1
 
 
 class GenerateModel(ServedModelBase):
@@ -75,7 +76,15 @@ class GenerateModel(ServedModelBase):
         self.bos = bool(self.once) and bool(self.info.spec.io.get("bos"))
         # encoder-decoders (translate, seq2seq): text_input is the SOURCE; the target starts at <bos>
         self.source = any(t.role == SOURCE_TOKENS for b in self.once for t in b.spec.inputs)
-        self.worker = _GenerationScheduler(self)
+        # An in-place KV cache (--kv-cache static) runs on a slot pool (slot_pool.py); else the
+        # streams share one DecodeState, merged on join and selected on leave.
+        self.in_place = any(p.in_place for p in self.backend.spec.state)
+        if self.in_place:
+            from seqserve.serve.slot_pool import SlotPoolScheduler
+
+            self.worker = SlotPoolScheduler(self)
+        else:
+            self.worker = _GenerationScheduler(self)
         self.worker.start()
 
     # -- request -> stream ---------------------------------------------------------------------
@@ -159,6 +168,10 @@ class GenerateModel(ServedModelBase):
             if penalty is not None:
                 raise ServeError(400, "length_penalty applies to beam search; give beams > 1 with it")
             return None
+        if self.in_place and beams != 1:
+            raise ServeError(400, f"model '{self.name}' keeps its KV cache in place on a slot pool (--kv-cache "
+                                  "static); beam search is not served for it: give beams 1, or serve an export "
+                                  "made with --kv-cache concat")
         try:
             if isinstance(beams, bool) or int(beams) != beams:
                 raise ValueError

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqserve.dtypes import KSERVE_OF_TRITON
-from seqserve.runtime import RuntimeOptions
-from seqserve.runtime.ort import OrtBackend
+from seqserve.runtime import RuntimeOptions, ort_backend
 from seqserve.serve.stats import ModelStats
 from seqserve.serve.types import InferRequest, InferResponse, ServeError
 from seqserve.serve.worker import Replies, Worker, now_ns
@@ -100,7 +99,8 @@ class ServedModelBase:
                                                 batch + tuple(int(d) for d in o.dims), False)
                              for o in config.output}
         self.labels = _labels(config, served.info.path.parent)     # output -> class names (label_filename)
-        self.backend = OrtBackend(served.info, served.graph, options)
+        # OrtBackend; StaticOrtBackend for an in-place KV cache (--kv-cache static: GenerateModel's slot pool)
+        self.backend = ort_backend(served.info, served.graph, options)
         graph = self.backend.spec                   # the graph this model runs; tensors by role
         # the scores the graph returns: next-token logits, or class / tag logits (classify, tag)
         self.tokens_name = graph.name_of(TOKENS)
