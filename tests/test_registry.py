@@ -22,7 +22,7 @@ FAMILY_TEST_MODULES = ("test_models", "test_export", "test_generation")
 # task -> the modules whose FAMILY_FACTS must name every family of that task
 TASK_TEST_MODULES = {"causal-lm": FAMILY_TEST_MODULES, "conditioned": ("test_conditioned",),
                      "classify": ("test_task_labelled",), "tag": ("test_task_labelled",),
-                     "seq2seq": ("test_seq2seq", "test_seq2seq_transformer")}
+                     "seq2seq": ("test_seq2seq", "test_seq2seq_transformer", "test_seq2seq_task")}
 
 
 def _load_test_module(name: str):
