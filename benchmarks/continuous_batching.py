@@ -394,14 +394,9 @@ def _mark(ok: bool) -> str:
     return "[bold green]PASS[/]" if ok else "[bold red]MISS[/]"
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Full description: the module docstring and benchmarks/README.md.")
-    ap.add_argument("--lstm-export", type=Path, help="lstm export folder (default: train one)")
-    ap.add_argument("--gpt-export", type=Path, help="gpt export folder (default: train one)")
-    ap.add_argument("--families", default="lstm,gpt", help="comma-separated: lstm,gpt (default both)")
-    ap.add_argument("--protocols", default="http,grpc", help="comma-separated: http,grpc (default both)")
-    ap.add_argument("--levels", default="1,4,16,32", help="concurrent streams to measure (default 1,4,16,32)")
+def add_window_args(ap) -> None:
+    """The options every streams-vs-throughput script shares (this one and slot_pool.py): the
+    measured windows, the prompts, the server's threads, the exports it trains, the output."""
     ap.add_argument("--seconds", type=float, default=8.0, help="measured window per level and round (default 8)")
     ap.add_argument("--warmup-seconds", type=float, default=2.0, help="warm-up before each window (default 2)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds over the levels (default 2)")
@@ -416,16 +411,31 @@ def parse_args(argv=None):
                     help="wait up to this many seconds for other processes to go quiet (default 60)")
     ap.add_argument("--retries", type=int, default=2, help="reruns of a level the machine was busy during (default 2)")
     ap.add_argument("--json", type=Path, dest="json_out", help="write the results to this file")
+
+
+def parse_levels(ap, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        ap.error(f"--levels must be comma-separated integers, got {text!r}")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Full description: the module docstring and benchmarks/README.md.")
+    ap.add_argument("--lstm-export", type=Path, help="lstm export folder (default: train one)")
+    ap.add_argument("--gpt-export", type=Path, help="gpt export folder (default: train one)")
+    ap.add_argument("--families", default="lstm,gpt", help="comma-separated: lstm,gpt (default both)")
+    ap.add_argument("--protocols", default="http,grpc", help="comma-separated: http,grpc (default both)")
+    ap.add_argument("--levels", default="1,4,16,32", help="concurrent streams to measure (default 1,4,16,32)")
+    add_window_args(ap)
     ap.add_argument("--plot", type=Path, help="write a PNG of tokens/s vs concurrent streams here")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: levels 1,16, 1 s windows, one round; trains 5 steps on 1 MB")
     args = ap.parse_args(argv)
     args.families = tuple(dict.fromkeys(f.strip() for f in args.families.split(",") if f.strip()))
     args.protocols = tuple(dict.fromkeys(p.strip() for p in args.protocols.split(",") if p.strip()))
-    try:
-        args.levels = tuple(dict.fromkeys(int(x) for x in args.levels.split(",") if x.strip()))
-    except ValueError:
-        ap.error(f"--levels must be comma-separated integers, got {args.levels!r}")
+    args.levels = parse_levels(ap, args.levels)
     if not args.families or set(args.families) - set(FAMILIES):
         ap.error(f"--families must name some of {', '.join(FAMILIES)}")
     if not args.protocols or set(args.protocols) - set(PROTOCOLS):

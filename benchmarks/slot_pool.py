@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # runnable from a plain checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from continuous_batching import TARGET_RATIO, merge, run_level, summarize  # noqa: E402
+from continuous_batching import (TARGET_RATIO, add_window_args, merge, parse_levels, run_level,  # noqa: E402
+                                 summarize)
 from seqserve.bench.serve import (ServerProcess, bench_main, fresh_repository, machine, prepare_export,  # noqa: E402
                                   stdlib_prompts, versions, wait_quiet, workdir)
 
@@ -134,25 +135,10 @@ def parse_args(argv=None):
                                                     "export is made from its checkpoint/ folder")
     ap.add_argument("--static-length", type=int, default=512, help="--kv-cache static:N positions (default 512)")
     ap.add_argument("--levels", default="1,16", help="concurrent streams (default 1,16)")
-    ap.add_argument("--seconds", type=float, default=8.0, help="measured window per level and round (default 8)")
-    ap.add_argument("--warmup-seconds", type=float, default=2.0, help="warm-up before each window (default 2)")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds over the levels (default 2)")
-    ap.add_argument("--max-tokens", type=int, default=128, help="max_tokens per stream (default 128)")
-    ap.add_argument("--prompts", type=int, default=64, help="distinct prompts (default 64)")
-    ap.add_argument("--seed", type=int, default=0, help="prompt selection seed")
-    ap.add_argument("--threads", type=int, default=1, help="server ORT intra-op threads (default 1)")
-    ap.add_argument("--train-steps", type=int, default=200, help="steps when training (default 200)")
-    ap.add_argument("--max-corpus-bytes", type=int, default=4_000_000, help="training text read (default 4 MB)")
-    ap.add_argument("--workdir", type=Path, help="keep exports here and reuse them (default: a temp folder)")
-    ap.add_argument("--wait-quiet", type=float, default=60.0, help="wait for other processes to go quiet (s)")
-    ap.add_argument("--retries", type=int, default=2, help="reruns of a level the machine was busy during")
-    ap.add_argument("--json", type=Path, dest="json_out", help="write the results to this file")
+    add_window_args(ap)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 s windows, one round, 5 training steps")
     args = ap.parse_args(argv)
-    try:
-        args.levels = tuple(dict.fromkeys(int(x) for x in args.levels.split(",") if x.strip()))
-    except ValueError:
-        ap.error(f"--levels must be comma-separated integers, got {args.levels!r}")
+    args.levels = parse_levels(ap, args.levels)
     if not args.levels or min(args.levels) < 1:
         ap.error("--levels must be positive stream counts")
     if args.quick:
