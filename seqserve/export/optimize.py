@@ -154,13 +154,7 @@ def _fuse_attention_kv(model) -> int:
             removed.add(id(n))
     if not replaced:
         return 0
-    out = [replaced.get(id(n), n) for n in nodes if id(n) not in removed]
-    while True:                                          # drop shape plumbing nobody reads now
-        used = {i for n in out for i in n.input} | graph_outputs
-        keep = [n for n in out if any(o in used for o in n.output)]
-        if len(keep) == len(out):
-            break
-        out = keep
+    out = prune_unread([replaced.get(id(n), n) for n in nodes if id(n) not in removed], graph_outputs)
     used = {i for n in out for i in n.input}
     produced = {o for n in out for o in n.output}
     kept_inits = [t for t in g.initializer if t.name in used or t.name in graph_inputs]
@@ -170,6 +164,17 @@ def _fuse_attention_kv(model) -> int:
     g.initializer.extend(kept_inits)
     g.value_info.extend(kept_info)
     return len(replaced)
+
+
+def prune_unread(nodes: list, graph_outputs: set[str]) -> list:
+    """`nodes` without those whose outputs nothing reads (the plumbing a rewrite left behind),
+    repeated until none is left: a node read only by a dropped node goes too."""
+    while True:
+        used = {i for n in nodes for i in n.input} | graph_outputs
+        keep = [n for n in nodes if any(o in used for o in n.output)]
+        if len(keep) == len(nodes):
+            return nodes
+        nodes = keep
 
 
 def _max_output_diff(original: bytes, candidate: bytes, graph: GraphSpec) -> float:

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from seqserve.export.optimize import GRAPH_OPT_KEY
+from seqserve.export.optimize import GRAPH_OPT_KEY, prune_unread
 from seqserve.tasks.spec import LOGITS, MASK, POSITIONS, GraphSpec, example_inputs
 
 MS_DOMAIN = "com.microsoft"
@@ -114,12 +114,7 @@ def _to_gqa(model, concat: GraphSpec, static: GraphSpec, length: int) -> int:
                helper.make_node("Add", ["gqa_max_seqlen", "gqa_one"], [TOTAL_LEN])]
     out = prelude + out
     outputs = {o.name for o in g.output}
-    while True:                                          # the mask subgraph nobody reads now
-        used = {i for x in out for i in x.input} | outputs
-        keep = [x for x in out if any(o in used for o in x.output)]
-        if len(keep) == len(out):
-            break
-        out = keep
+    out = prune_unread(out, outputs)                     # the mask subgraph nobody reads now
     used = {i for x in out for i in x.input}
     if mask in used:
         raise ValueError(f"{mask} is still read outside attention; cannot drop it")
